@@ -21,18 +21,30 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data.n_train": 3000,          # training images used (None = all)
         "data.n_test": 1000,           # held-out images used (None = all)
         # --- 01 training --------------------------------------------------------
-        "train.epochs.fc10": 2,
-        "train.epochs.mlp": 3,
-        "train.epochs.ae_pretrain": 1,
-        "train.epochs.ae": 2,
-        "train.epochs.lenet": 2,
+        "train.epochs.fc10": 5,
+        "train.epochs.mlp": 15,
+        "train.epochs.ae_pretrain": 3,
+        "train.epochs.ae": 10,
+        "train.epochs.lenet": 3,
         "train.batch_size": 128,
         # --- 02 probing ---------------------------------------------------------
         # --- 03 lbfgs -----------------------------------------------------------
+        "lbfgs.n_images": 16,          # test images attacked
+        "lbfgs.c_init": 10.0,          # largest c of the grid (c·‖r‖² + CE)
+        "lbfgs.c_factor": 10.0,        # ratio between neighbours of the grid
+        "lbfgs.c_steps": 4,            # grid points: c_init, c_init/c_factor, ...
+        "lbfgs.refine_steps": 2,       # geometric bisections of c after the grid
+        "lbfgs.max_iter": 50,          # L-BFGS iterations per run
+        "lbfgs.history": 10,           # L-BFGS memory (pairs)
         # --- 04 transfer --------------------------------------------------------
         # --- 05 stability -------------------------------------------------------
         # --- 06/07 evolution ----------------------------------------------------
+        "evolution.initial": 20,       # random genomes in the first population
+        "evolution.offspring": 20,     # offspring per generation
+        "evolution.generations": 10,   # MAP-Elites generations (per run)
+        "evolution.runs": 1,           # independent seeded runs per encoding
         # --- 08 gradient ascent -------------------------------------------------
+        "ascent.steps": 30,            # gradient steps per fooling image
     },
     "default": {
         "data.n_train": None,
@@ -43,6 +55,21 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train.epochs.ae": 20,
         "train.epochs.lenet": 4,
         "train.batch_size": 128,
+        # 03 lbfgs
+        "lbfgs.n_images": 300,
+        "lbfgs.c_init": 10.0,
+        "lbfgs.c_factor": 10.0,
+        "lbfgs.c_steps": 5,
+        "lbfgs.refine_steps": 4,
+        "lbfgs.max_iter": 100,
+        "lbfgs.history": 10,
+        # 06/07 evolution
+        "evolution.initial": 200,
+        "evolution.offspring": 200,
+        "evolution.generations": 200,
+        "evolution.runs": 1,
+        # 08 gradient ascent
+        "ascent.steps": 500,
     },
     "paper": {
         "data.n_train": None,
@@ -53,6 +80,21 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train.epochs.ae": 60,
         "train.epochs.lenet": 15,
         "train.batch_size": 128,
+        # 03 lbfgs
+        "lbfgs.n_images": 10000,
+        "lbfgs.c_init": 100.0,
+        "lbfgs.c_factor": 10.0,
+        "lbfgs.c_steps": 6,
+        "lbfgs.refine_steps": 6,
+        "lbfgs.max_iter": 200,
+        "lbfgs.history": 10,
+        # 06/07 evolution
+        "evolution.initial": 200,
+        "evolution.offspring": 200,
+        "evolution.generations": 1000,
+        "evolution.runs": 5,
+        # 08 gradient ascent
+        "ascent.steps": 500,
     },
 }
 

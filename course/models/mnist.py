@@ -4,8 +4,10 @@ Every model takes images of shape (N, 1, 28, 28) with pixels in [0, 1] and retur
 Layers are named submodules (``fc1``, ``conv1``, ...) so forward hooks can read any layer.
 
 Weight decay convention (the papers leave it unstated): the penalty added to the *mean*
-cross-entropy of a batch is ``λ · Σ_W ‖W‖²`` over the weight matrices and kernels (biases are not
-decayed). :func:`weight_decay_penalty` computes it; λ is part of each model's config.
+cross-entropy of a batch is ``(λ/2) · Σ_W ‖W‖²`` over the weight matrices and kernels (biases are
+not decayed), so its gradient is ``λ·W`` — Caffe's "weight decay λ". With it, FC10(λ) lands near
+Table 1 (test error 7.6% / 9.3% / 22.8% for λ = 1e-4 / 1e-2 / 1, paper 7.4% / 9.4% / 20%); with
+the plain sum ``λ·Σ‖W‖²`` FC10(1) reached 28%. :func:`weight_decay_penalty` computes it.
 """
 from __future__ import annotations
 
@@ -138,8 +140,8 @@ class LeNet(_MnistNet):
 
 
 def weight_decay_penalty(model: nn.Module, lam: float) -> torch.Tensor:
-    """``λ · Σ ‖W‖²`` over the model's weight matrices and kernels (not its biases)."""
+    """``(λ/2) · Σ ‖W‖²`` over the model's weight matrices and kernels (not its biases)."""
     terms = [p.pow(2).sum() for name, p in model.named_parameters() if p.dim() > 1]
     if not terms:
         return torch.zeros(())
-    return lam * torch.stack(terms).sum()
+    return 0.5 * lam * torch.stack(terms).sum()

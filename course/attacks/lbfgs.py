@@ -1,0 +1,453 @@
+"""Szegedy et al.'s adversarial examples: box-constrained L-BFGS with a search over c (§4.1).
+
+The exact question of the paper is: what is the *smallest* change ``r`` that makes the network say
+``l``?  ::
+
+    minimise ‖r‖₂   subject to   f(x + r) = l,   x + r ∈ [0, 1]^m
+
+That is a hard, non-convex, constrained problem. The paper approximates it with a penalty::
+
+    minimise   c·|r| + loss_f(x + r, l)   subject to   x + r ∈ [0, 1]^m
+
+and searches over ``c`` for the *largest* c whose minimiser still makes the network say ``l``: a
+larger c makes the distance term weigh more, so the minimiser moves less and ``r`` gets smaller.
+
+Choices the paper leaves open, made here:
+
+- ``|r|`` is the **squared** L2 norm ``‖r‖² = Σ r_i²``. It is smooth everywhere (the plain norm
+  ‖r‖ has no gradient at r = 0, exactly where every run starts), its gradient ``2r`` is cheap, and a
+  quasi-Newton method models it exactly: its Hessian is ``2I``. The minimisers of c·‖r‖ and c'·‖r‖²
+  trace the same curve as c varies, so the search over c finds the same examples either way.
+- ``loss_f(x', l)`` is the cross-entropy of the network's logits toward the target ``l``.
+- A run starts at the clean image (r = 0) and optimises the adversarial image ``x' = x + r`` itself,
+  so the box is simply ``0 ≤ x' ≤ 1``.
+- The search over c, **per image**: a geometric grid ``c_init, c_init/c_factor, ...`` (``c_steps``
+  values, all run at once), then ``refine_steps`` geometric bisections between the largest c that
+  succeeded and the next one up. Among every run that reached the target, the one with the smallest
+  distortion is returned (almost always the largest c) with the c that made it.
+
+Everything is batched: B images × K values of c are one batch of B·K independent problems, solved
+together by :func:`lbfgsb_batched`, a projected L-BFGS written with tensors, so it runs on whatever
+device the model and images are on. There is no Python loop over images or pixels.
+
+Success means ``argmax model(x') == l``. Distortion is the paper's ``√(Σ(x' − x)² / n)``, with n the
+number of pixels of one image (784 for MNIST).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimiser: projected L-BFGS for a batch of independent bound-constrained problems
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class LBFGSBResult:
+    """What :func:`lbfgsb_batched` returns. Row ``i`` of each tensor belongs to problem ``i``."""
+
+    x: torch.Tensor           # (B, D) the minimisers found, inside the bounds
+    f: torch.Tensor           # (B,)   objective values there
+    iterations: torch.Tensor  # (B,)   L-BFGS iterations each problem took
+    converged: torch.Tensor   # (B,)   True where a tolerance was met before max_iter
+    n_evals: int              # calls of fun: each one batched forward + backward pass
+    n_rows: int               # problems evaluated in total, summed over those calls
+
+
+def _value_and_grad(fun, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-problem values ``fun(x, rows)`` (A,) and their gradients (A, D), by autograd.
+
+    The problems are independent, so the gradient of the *sum* of the values is, row by row, the
+    gradient of each value: one backward pass gives all of them.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        f = fun(x, rows)
+        (g,) = torch.autograd.grad(f.sum(), x)
+    return f.detach(), g
+
+
+def _two_loop(q: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, rho: torch.Tensor,
+              gamma: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """The L-BFGS two-loop recursion, for every row at once: returns ``H q`` (A, D).
+
+    ``S, Y`` (m, A, D) hold each row's last m steps ``s = x⁺ − x`` and gradient changes
+    ``y = g⁺ − g``; ``rho = 1 / (s·y)`` (m, A), zero in an empty slot (which then changes nothing).
+    ``order`` lists the slots from newest to oldest; ``H₀ = γ I`` with ``gamma`` (A,).
+    The loops run over the m slots, never over rows: each step is one tensor op on all rows.
+    """
+    q = q.clone()
+    dot = torch.linalg.vecdot                          # row-wise dot products (A,)
+    alpha = []
+    for i in order:                                    # newest → oldest
+        a = rho[i] * dot(S[i], q)
+        q.addcmul_(Y[i], a[:, None], value=-1.0)       # q -= a·y_i
+        alpha.append(a)
+    r = q.mul_(gamma[:, None])
+    for i, a in zip(reversed(order), reversed(alpha)):  # oldest → newest
+        b = rho[i] * dot(Y[i], r)
+        r.addcmul_(S[i], (a - b)[:, None])             # r += (a − b)·s_i
+    return r
+
+
+def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
+                   lower: float | torch.Tensor, upper: float | torch.Tensor, max_iter: int = 100,
+                   history: int = 10, *, ftol: float = 2.2e-9, pgtol: float = 1e-5, max_ls: int = 20,
+                   armijo: float = 1e-4) -> LBFGSBResult:
+    """Minimise B independent functions under bounds ``lower ≤ x ≤ upper``, all at once.
+
+    ``fun(x, rows)`` takes a batch ``x`` (A, D) and the indices ``rows`` (A,) of the problems those
+    rows belong to and returns their A values, a tensor (A,). Problems that have finished are
+    dropped from the batch, and a line search re-evaluates only the problems still searching, so
+    ``rows`` is a subset of ``range(B)``: fun must pick its per-problem constants with it
+    (``c[rows]``, ``targets[rows]``). Gradients come from autograd. ``lower``/``upper`` are numbers
+    or tensors (D,): one box, shared by all problems.
+
+    The method is a *projected* L-BFGS (Bertsekas' two-metric projection with the L-BFGS metric):
+
+    1. A variable is **active** when it sits on a bound and its gradient pushes it outward; it is
+       held fixed. The others are **free**.
+    2. The direction is ``d = −H g`` on the free variables (H from the two-loop recursion over the
+       last ``history`` pairs, ``H₀ = γI`` with ``γ = s·y / y·y``), zero on the active ones. Where
+       that is not a descent direction, the scaled steepest descent ``−γ g`` (free part) is used.
+    3. A projected backtracking line search: try ``x⁺ = clip(x + t·d)``, first with t = 1, then
+       with a t from a quadratic fit of f along the step (kept in [0.1 t, 0.5 t]), until Armijo's
+       condition ``f(x⁺) ≤ f(x) + armijo · g·(x⁺ − x)`` holds. Each problem has its own t; only the
+       problems still searching are evaluated again.
+    4. The pair ``(s, y) = (x⁺ − x, g⁺ − g)`` is stored when ``s·y > 0`` (else an empty slot),
+       which keeps H positive definite.
+
+    A problem stops when its projected gradient ``‖clip(x − g) − x‖∞ ≤ pgtol`` or its value
+    decreases by less than ``ftol · max(|f|, |f⁺|, 1)`` (scipy's L-BFGS-B uses the same two tests,
+    with ``ftol = factr · eps``), when the decrease a step promises is below the rounding error of
+    f (converged as far as this precision can tell), when its line search fails (not converged),
+    or after ``max_iter`` iterations (not converged).
+
+    This is not Byrd et al.'s L-BFGS-B (no generalised Cauchy point), but a true quasi-Newton
+    method that respects the box, with about one batched forward + backward pass per iteration.
+    """
+    if x0.dim() != 2:
+        raise ValueError(f"x0 must be a batch of flat vectors (B, D), got shape {tuple(x0.shape)}.")
+    if max_iter < 0 or history < 1 or max_ls < 1:
+        raise ValueError(f"Need max_iter ≥ 0, history ≥ 1 and max_ls ≥ 1, got max_iter={max_iter}, "
+                         f"history={history}, max_ls={max_ls}.")
+    B, D = x0.shape
+    lo = torch.as_tensor(lower, dtype=x0.dtype, device=x0.device)
+    hi = torch.as_tensor(upper, dtype=x0.dtype, device=x0.device)
+    for name, v in (("lower", lo), ("upper", hi)):
+        if v.dim() > 1 or (v.dim() == 1 and len(v) != D):
+            raise ValueError(f"{name} must be a number or a tensor of shape ({D},) (one bound per "
+                             f"coordinate, shared by all problems), got shape {tuple(v.shape)}.")
+    if (lo > hi).any():
+        raise ValueError("Some lower bound is above its upper bound.")
+    eps = torch.finfo(x0.dtype).eps
+
+    # The results, filled in as problems finish.
+    x_out = x0.detach().clamp(lo, hi)
+    f_out = x0.new_full((B,), math.nan)
+    it_out = torch.zeros(B, dtype=torch.long, device=x0.device)
+    conv_out = torch.zeros(B, dtype=torch.bool, device=x0.device)
+    if B == 0:
+        return LBFGSBResult(x_out, f_out, it_out, conv_out, 0, 0)
+
+    # The state of the problems still running (the "active batch"): row j is problem rows[j].
+    rows = torch.arange(B, device=x0.device)
+    x = x_out.clone()
+    f, g = _value_and_grad(fun, x, rows)
+    n_evals, n_rows = 1, B
+    S, Y = x.new_zeros(history, B, D), x.new_zeros(history, B, D)  # ring buffer of (s, y) pairs
+    rho = x.new_zeros(history, B)                                   # 1 / (s·y), 0 in an empty slot
+    gamma = 1.0 / g.norm(dim=1).clamp_min(1e-12)  # before any pair: a first step of length ≤ 1
+    slots: list[int] = []                         # filled slots, newest first (the same for all rows)
+    iters = torch.zeros(B, dtype=torch.long, device=x0.device)
+    conv = (x - g).clamp(lo, hi).sub(x).abs().amax(1) <= pgtol
+    done = conv.clone()
+    frozen = torch.zeros_like(done)               # finished, written out, awaiting removal
+
+    for k in range(max_iter + 1):
+        # Retire the finished problems: write them out and freeze them (they take no more steps).
+        if k == max_iter:
+            done = ~frozen
+        if done.any():
+            fin = rows[done]
+            x_out[fin], f_out[fin], it_out[fin], conv_out[fin] = x[done], f[done], iters[done], conv[done]
+            frozen |= done
+            if frozen.all():
+                break
+            # Shrink the batch once an eighth of it is frozen (copying the history costs about
+            # as much as one evaluation, so not at every iteration).
+            if 8 * int(frozen.sum()) >= len(rows):
+                keep = (~frozen).nonzero().squeeze(1)
+                rows, x, f, g, iters, gamma = rows[keep], x[keep], f[keep], g[keep], iters[keep], gamma[keep]
+                S, Y, rho = S[:, keep], Y[:, keep], rho[:, keep]
+                frozen = frozen[keep]
+
+        # 1. Free variables: those not on a bound with the gradient pushing outward.
+        free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
+        g_free = g * free
+        # 2. The quasi-Newton direction on the free variables; scaled steepest descent where it fails.
+        d = -_two_loop(g_free, S, Y, rho, gamma, slots) * (free & ~frozen[:, None])
+        slope = (g * d).sum(1)
+        not_descent = ~(slope < 0) & ~frozen
+        if not_descent.any():
+            d = torch.where(not_descent[:, None], -gamma[:, None] * g_free, d)
+            slope = (g * d).sum(1)
+        # 3. Projected line search. First t = 1 for every problem...
+        x_new = (x + d).clamp(lo, hi)
+        f_new, g_new = _value_and_grad(fun, x_new, rows)
+        n_evals, n_rows = n_evals + 1, n_rows + len(rows)
+        noise = 4 * eps * f.abs().clamp_min(1.0)  # a change in f smaller than this is rounding
+        step_slope = (g * (x_new - x)).sum(1)
+        searching = ~(f_new <= f + armijo * step_slope) & (-step_slope > noise) & ~frozen
+        stalled = ~(f_new <= f + armijo * step_slope) & ~searching & ~frozen  # no measurable gain left
+        t = torch.ones_like(f)
+        # ... then shorter steps, only for the problems whose step was not accepted.
+        for _ in range(max_ls - 1):
+            idx = searching.nonzero().squeeze(1)
+            if len(idx) == 0:
+                break
+            # Quadratic through f(0), f'(0) and f(t) along the step; its minimiser, safeguarded.
+            fx, s_prev = f[idx], step_slope[idx]
+            shrink = -s_prev / (2 * (f_new[idx] - fx - s_prev))
+            shrink = torch.where(torch.isfinite(shrink), shrink, torch.full_like(shrink, 0.1)).clamp(0.1, 0.5)
+            t[idx] = t[idx] * shrink
+            xt = (x[idx] + t[idx, None] * d[idx]).clamp(lo, hi)
+            ft, gt = _value_and_grad(fun, xt, rows[idx])
+            n_evals, n_rows = n_evals + 1, n_rows + len(idx)
+            st = (g[idx] * (xt - x[idx])).sum(1)
+            x_new[idx], f_new[idx], g_new[idx], step_slope[idx] = xt, ft, gt, st
+            ok = ft <= fx + armijo * st
+            gone = ~ok & (-st <= noise[idx])
+            searching[idx[ok | gone]] = False
+            stalled[idx[gone]] = True
+        failed = searching | stalled | frozen     # no acceptable step (or frozen): stay at x
+        if failed.any():
+            x_new = torch.where(failed[:, None], x, x_new)
+            g_new = torch.where(failed[:, None], g, g_new)
+            f_new = torch.where(failed, f, f_new)
+        # 4. Store the curvature pair in the next slot of the ring (an empty pair where s·y ≤ 0).
+        s, y = x_new - x, g_new - g
+        sy, yy = (s * y).sum(1), (y * y).sum(1)
+        good = (sy > 1e-10 * yy) & ~failed
+        slot = k % history
+        S[slot], Y[slot] = s * good[:, None], y * good[:, None]
+        rho[slot] = torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+        gamma = torch.where(good, sy / yy.clamp_min(1e-30), gamma)
+        slots = [slot] + [i for i in slots if i != slot][: history - 1]
+        # 5. Move, then test for convergence.
+        f_old = f
+        x, f, g = x_new, f_new, g_new
+        iters += (~failed).long()
+        pg = (x - g).clamp(lo, hi).sub(x).abs().amax(1)
+        small_decrease = (f_old - f) <= ftol * torch.maximum(f_old.abs(), f.abs()).clamp_min(1.0)
+        conv = (((pg <= pgtol) | small_decrease) & ~failed) | stalled
+        done = (conv | searching) & ~frozen
+    return LBFGSBResult(x_out, f_out, it_out, conv_out, n_evals, n_rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The attack
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class AttackResult:
+    """The outcome of :func:`lbfgs_attack`, one row per image."""
+
+    adversarial: torch.Tensor  # (N, ...) like the images, every pixel in [0, 1]
+    success: torch.Tensor      # (N,) bool: the model's arg-max on `adversarial` is the target
+    distortion: torch.Tensor   # (N,) √(Σ(x' − x)² / n); where success is False: that of the attempt
+    c: torch.Tensor            # (N,) the c whose minimiser is returned (NaN where nothing ran)
+    iterations: torch.Tensor   # (N,) L-BFGS iterations spent on each image, over all its runs
+    n_evals: int               # batched forward + backward passes, in total
+    n_rows: int                # single-image forward + backward passes they amount to
+
+    @property
+    def success_rate(self) -> float:
+        return self.success.float().mean().item() if len(self.success) else float("nan")
+
+    def mean_distortion(self) -> float:
+        """Mean distortion over the successful images (the paper's "average minimum distortion")."""
+        return self.distortion[self.success].mean().item() if self.success.any() else float("nan")
+
+
+def distortion(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """The paper's distortion per image: ``√(Σ (x' − x)² / n)``, n = pixels in one image. (N,)"""
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}.")
+    diff = (x_adv - x).reshape(len(x), -1)
+    return diff.pow(2).mean(1).sqrt()
+
+
+def attack_objective(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, c: torch.Tensor,
+                     image_shape: tuple[int, ...]):
+    """The function of §4.1 for a batch of problems: ``c·‖x' − x‖² + CE(model(x'), l)``.
+
+    ``x`` (B, D) clean images, flattened; ``targets`` (B,); ``c`` (B,); ``image_shape`` the shape
+    the model wants for one image, e.g. (1, 28, 28). Returns ``fun(x', rows)`` in the form
+    :func:`lbfgsb_batched` wants.
+    """
+    def fun(x_adv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        r = x_adv - x[rows]
+        logits = model(x_adv.view(len(x_adv), *image_shape))
+        return c[rows] * r.pow(2).sum(1) + F.cross_entropy(logits, targets[rows], reduction="none")
+
+    return fun
+
+
+def _check_inputs(model: nn.Module, images: torch.Tensor, targets, labels) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Raise a clear error for inputs the attack cannot use; return targets (and labels) as tensors."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise TypeError("images must be a floating-point torch.Tensor (N, ...) with pixels in [0, 1].")
+    if images.dim() < 2:
+        raise ValueError(f"images must have a batch axis (N, ...), got shape {tuple(images.shape)}. "
+                         "For one image use images.unsqueeze(0).")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError(f"images must have pixels in [0, 1], got values in [{images.min():.3g}, "
+                         f"{images.max():.3g}]. Scale them (e.g. divide by 255) or clamp them to [0, 1].")
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.device != images.device:
+        raise ValueError(f"The model is on {param.device} but the images are on {images.device}. "
+                         f"Move them together, e.g. images.to({str(param.device)!r}).")
+
+    def as_labels(v, name):
+        v = torch.as_tensor(v, device=images.device)
+        if v.dim() == 0:
+            v = v.expand(len(images)) if len(images) == 1 else v.reshape(1)
+        if v.is_floating_point() or v.dtype == torch.bool:
+            raise TypeError(f"{name} must be integer class indices, got dtype {v.dtype}.")
+        if v.shape != (len(images),):
+            raise ValueError(f"Expected one {name[:-1]} per image: {len(images)} images but {name} has "
+                             f"shape {tuple(v.shape)}.")
+        return v.long()
+
+    targets = as_labels(targets, "targets")
+    labels = None if labels is None else as_labels(labels, "labels")
+    if len(images):
+        with torch.no_grad():
+            n_classes = model(images[:1]).shape[1]
+        out = (targets < 0) | (targets >= n_classes)
+        if out.any():
+            i = int(out.nonzero()[0])
+            raise ValueError(f"targets must be class indices in [0, {n_classes}); targets[{i}] = "
+                             f"{int(targets[i])}.")
+    if labels is not None:
+        same = targets == labels
+        if same.any():
+            bad = same.nonzero().squeeze(1).tolist()
+            raise ValueError(f"The target equals the true label for image(s) {bad[:10]}: an adversarial "
+                             "example must change the label. Pick a different target for those images "
+                             "(e.g. (labels + randint(1, n_classes)) % n_classes).")
+    return targets, labels
+
+
+def _run(model, x, targets, c, image_shape, max_iter, history, ftol, pgtol):
+    """Minimise the objective for each row (clean image, target, c); return x', success, result."""
+    fun = attack_objective(model, x, targets, c, image_shape)
+    res = lbfgsb_batched(fun, x, 0.0, 1.0, max_iter, history, ftol=ftol, pgtol=pgtol)
+    with torch.no_grad():
+        hit = model(res.x.view(len(x), *image_shape)).argmax(1) == targets
+    return res.x, hit, res
+
+
+def _attack_chunk(model, x, targets, image_shape, *, c_grid, c_factor, refine_steps, max_iter, history, ftol, pgtol):
+    """The attack for one batch of images x (B, D): the grid of c, then geometric bisection."""
+    B, D = x.shape
+    K = len(c_grid)
+    dist = lambda xa, x0: (xa - x0).pow(2).mean(-1).sqrt()  # noqa: E731
+
+    # Stage 1: every image with every c of the grid, as one batch of B·K problems (image-major).
+    cs = c_grid.repeat(B)                                           # (B·K,)
+    xa, hit, res = _run(model, x.repeat_interleave(K, 0), targets.repeat_interleave(K), cs,
+                        image_shape, max_iter, history, ftol, pgtol)
+    n_evals, n_rows = res.n_evals, res.n_rows
+    xa, hit, cs = xa.view(B, K, D), hit.view(B, K), cs.view(B, K)
+    iterations = res.iterations.view(B, K).sum(1)
+    d = dist(xa, x[:, None]).masked_fill(~hit, math.inf)           # (B, K), inf where it failed
+
+    # The best so far: the successful run with the smallest distortion; else the smallest c's run.
+    best_d, j = d.min(1)
+    success = torch.isfinite(best_d)
+    j = torch.where(success, j, torch.full_like(j, K - 1))
+    ar = torch.arange(B, device=x.device)
+    best_x, best_c = xa[ar, j], cs[ar, j]
+
+    # Stage 2: bisect (geometrically) between the largest c that succeeded and the next one up.
+    c_ok = torch.where(hit, cs, torch.zeros_like(cs)).amax(1)     # 0 where none succeeded
+    c_fail = c_ok * c_factor
+    live = (c_ok > 0).nonzero().squeeze(1)
+    for _ in range(refine_steps if len(live) else 0):
+        c_mid = (c_ok[live] * c_fail[live]).sqrt()
+        xm, hm, res = _run(model, x[live], targets[live], c_mid, image_shape, max_iter, history, ftol, pgtol)
+        n_evals, n_rows = n_evals + res.n_evals, n_rows + res.n_rows
+        iterations[live] += res.iterations
+        c_ok[live] = torch.where(hm, c_mid, c_ok[live])
+        c_fail[live] = torch.where(hm, c_fail[live], c_mid)
+        dm = dist(xm, x[live]).masked_fill(~hm, math.inf)
+        better = dm < best_d[live]
+        upd = live[better]
+        best_x[upd], best_d[upd], best_c[upd] = xm[better], dm[better], c_mid[better]
+    return best_x, success, best_c, iterations, n_evals, n_rows
+
+
+def lbfgs_attack(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | Sequence[int], *,
+                 labels: torch.Tensor | Sequence[int] | None = None, c_init: float = 10.0,
+                 c_factor: float = 10.0, c_steps: int = 5, refine_steps: int = 4, max_iter: int = 100,
+                 history: int = 10, batch_size: int | None = None, ftol: float = 2.2e-9,
+                 pgtol: float = 1e-5) -> AttackResult:
+    """Adversarial examples by box-constrained L-BFGS (Szegedy et al. §4.1), batched over images.
+
+    For each image ``images[i]`` (pixels in [0, 1]) and its target class ``targets[i]``, minimise
+    ``c·‖x' − x‖² + CE(model(x'), target)`` over ``x' ∈ [0, 1]^n`` for the c of a geometric grid
+    ``c_init · c_factor^(−k)``, k = 0..c_steps−1, then bisect ``refine_steps`` times (geometric
+    mean) between the largest c that reached the target and the next one up. Every run is at most
+    ``max_iter`` L-BFGS iterations with ``history`` pairs, tolerances ``ftol``/``pgtol`` as in
+    scipy's L-BFGS-B.
+
+    - ``labels`` (optional): the true labels; if given, a target equal to its label is refused.
+    - ``batch_size``: images attacked together (each with its ``c_steps`` values of c); None = all.
+    - Runs on the device of the model and the images (they must match). A model in training mode is
+      switched to eval mode for the attack (dropout off) and switched back afterwards; its
+      parameters are never changed and no gradient is left on them.
+
+    Where an image never reaches its target, ``success`` is False and ``adversarial`` holds the
+    attempt with the smallest c (the strongest push toward the target).
+    """
+    targets, labels = _check_inputs(model, images, targets, labels)
+    if not (c_init > 0 and c_factor > 1 and c_steps >= 1 and refine_steps >= 0 and max_iter >= 1):
+        raise ValueError("Need c_init > 0, c_factor > 1, c_steps ≥ 1, refine_steps ≥ 0 and max_iter ≥ 1; got "
+                         f"c_init={c_init}, c_factor={c_factor}, c_steps={c_steps}, "
+                         f"refine_steps={refine_steps}, max_iter={max_iter}.")
+    N = len(images)
+    image_shape = tuple(images.shape[1:])
+    x_all = images.detach().reshape(N, -1)
+    c_grid = c_init * c_factor ** -torch.arange(c_steps, dtype=images.dtype, device=images.device)
+    batch_size = batch_size or max(N, 1)
+
+    adv, ok, cs, its = [], [], [], []
+    n_evals = n_rows = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for s in range(0, N, batch_size):
+            bx, bok, bc, bit, ne, nr = _attack_chunk(
+                model, x_all[s:s + batch_size], targets[s:s + batch_size], image_shape, c_grid=c_grid, c_factor=c_factor,
+                refine_steps=refine_steps, max_iter=max_iter, history=history, ftol=ftol, pgtol=pgtol)
+            adv.append(bx), ok.append(bok), cs.append(bc), its.append(bit)
+            n_evals, n_rows = n_evals + ne, n_rows + nr
+    finally:
+        model.train(was_training)
+
+    if N == 0:
+        empty = images.new_zeros(0)
+        return AttackResult(images.detach().clone(), empty.bool(), empty, empty, empty.long(), 0, 0)
+    x_adv = torch.cat(adv).view_as(images).clamp(0, 1)
+    return AttackResult(adversarial=x_adv, success=torch.cat(ok), distortion=distortion(images.detach(), x_adv),
+                        c=torch.cat(cs), iterations=torch.cat(its), n_evals=n_evals, n_rows=n_rows)

@@ -1,0 +1,74 @@
+"""Trained weights cached by the config that made them.
+
+A checkpoint is a ``state_dict`` (``NAME-KEY.pt``) plus the JSON of its config and training
+summary (``NAME-KEY.json``), where KEY is a hash of the config. Writes are atomic (temp file, then
+rename); loads use ``weights_only=True``; a corrupt or mismatched file is moved aside to
+``*.corrupt`` with a warning and rebuilt — never silently used, never silently deleted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import cache_root
+from .results import write_json_atomic
+
+
+def config_key(config: dict) -> str:
+    """A stable hash of a JSON-able config (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def checkpoint_paths(name: str, config: dict, folder: Path | None = None) -> tuple[Path, Path]:
+    folder = Path(folder) if folder else cache_root() / "checkpoints"
+    stem = f"{name}-{config_key(config)}"
+    return folder / f"{stem}.pt", folder / f"{stem}.json"
+
+
+def save_checkpoint(model: nn.Module, config: dict, info: dict, name: str, folder: Path | None = None) -> Path:
+    """Save ``model``'s weights and ``{config, info}`` atomically; returns the weights' path."""
+    pt, meta = checkpoint_paths(name, config, folder)
+    pt.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=pt.parent, prefix=f".{pt.name}.", suffix=".tmp")
+    os.close(fd)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, tmp)
+    os.replace(tmp, pt)
+    write_json_atomic(meta, {"config": config, "info": info})
+    return pt
+
+
+def _quarantine(path: Path, why: str) -> None:
+    warnings.warn(f"Checkpoint {path} is unusable ({why}); moved aside to {path.name}.corrupt and rebuilt.",
+                  stacklevel=3)
+    for p in (path, path.with_suffix(".json")):
+        if p.exists():
+            p.replace(p.with_name(p.name + ".corrupt"))
+
+
+def load_checkpoint(model: nn.Module, config: dict, name: str, folder: Path | None = None) -> dict | None:
+    """Load cached weights into ``model`` if a valid checkpoint for ``config`` exists.
+
+    Returns the saved training ``info`` on success, None when there is nothing usable.
+    """
+    pt, meta = checkpoint_paths(name, config, folder)
+    if not pt.exists():
+        return None
+    try:
+        saved = json.loads(meta.read_text())
+        if saved.get("config") != json.loads(json.dumps(config, default=str)):
+            raise ValueError("its config does not match")
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # truncated file, wrong shapes, bad JSON, mismatched config
+        _quarantine(pt, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+        return None
+    return saved.get("info", {})

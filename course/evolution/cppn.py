@@ -1,0 +1,323 @@
+"""The CPPN encoding: the genome is a small network that *draws* the image.
+
+A Compositional Pattern-Producing Network maps a pixel's coordinates to its value. Nguyen et al.
+feed it ``x``, ``y``, ``d = √(x² + y²)`` and a bias of 1 (we normalise x and y to [−1, 1]; the
+authors' code feeds raw pixel indices, a quirk), and read one output (grey) or three (colour).
+Every neuron has its own activation, drawn from::
+
+    0  sin(x)                1  2(σ(x) − 0.5)
+    2  exp(−x²)              3  clip(x, −3, 3) / 3
+
+Because all four stay in [−1, 1], the pixel is ``|o|`` clipped to [0, 1] — the paper's
+``|255·o|`` on the 0–255 scale, written on the course's [0, 1] scale.
+
+Start: inputs fully connected to the outputs, no hidden neurons, weights uniform in [−10, 10] and
+random activations (as in the authors' code: large weights make sin/Gaussian units produce stripes
+and rings from the very first generation). Each offspring then mutates:
+
+- every weight, with probability 0.1, by polynomial mutation (η = 15) on the [−10, 10] range;
+- every activation, with probability 0.1, redrawn at random;
+- add a connection (p 0.5), delete a connection (0.3), add a neuron by splitting a connection
+  (0.5; NEAT-style: src→new weight 1, new→dst the old weight), delete a neuron (0.2).
+
+The network stays feed-forward: a connection is only added where it closes no cycle. Outputs are
+sinks (no connection leaves an output), and inputs receive none. No crossover.
+
+Representation: a *population* of ``P`` genomes is a dict of padded tensors over ``N = 4 + outputs
++ max_hidden`` node slots (slots 0–3 the inputs x, y, d, bias; then the outputs; then hidden
+slots, alive or free):
+
+- ``weight`` (P, N, N): ``weight[p, dst, src]``, zero where there is no connection;
+- ``conn``   (P, N, N) bool: which connections exist;
+- ``act``    (P, N) int64: each node's activation id;
+- ``alive``  (P, N) bool: which slots hold a node (inputs and outputs always).
+
+Every operator — mutation and rendering — works on the whole population at once: no Python loop
+over genomes. The renderer sorts each genome's nodes by depth (longest path from an input), then
+computes node slot ``k`` of *every* genome in one batched matmul over all pixels, for k = 4, 5, ...
+That is N small steps whatever the population size, each ``(P, 1, k) @ (P, k, pixels)``.
+:func:`render_reference` is the slow per-pixel evaluator the tests compare it with.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .direct import polynomial_mutation
+
+N_INPUTS = 4  # x, y, d, bias
+ACTIVATIONS = ("sin", "sigmoid", "gaussian", "linear")
+
+
+def activation(pre: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Apply activation ``ids[i]`` to row ``pre[i]``: one function call per activation *type*."""
+    out = torch.empty_like(pre)
+    fns = (torch.sin,
+           lambda z: 2.0 * (torch.sigmoid(z) - 0.5),
+           lambda z: torch.exp(-z * z),
+           lambda z: z.clamp(-3.0, 3.0) / 3.0)
+    for a, fn in enumerate(fns):
+        rows = (ids == a).nonzero().squeeze(1)
+        if rows.numel():
+            out.index_copy_(0, rows, fn(pre.index_select(0, rows)))
+    return out
+
+
+def coordinates(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The CPPN inputs for every pixel: (4, height·width) rows x, y, d, bias (row-major pixels)."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, height, dtype=dtype, device=device),
+                          torch.linspace(-1, 1, width, dtype=dtype, device=device), indexing="ij")
+    x, y = x.reshape(-1), y.reshape(-1)
+    return torch.stack([x, y, torch.sqrt(x * x + y * y), torch.ones_like(x)])
+
+
+def node_depth(conn: torch.Tensor) -> torch.Tensor:
+    """Longest-path depth of every node, (P, N): inputs 0, any other node ≥ 1.
+
+    Relaxation over the whole population: ``depth[dst] = 1 + max(depth[src] for src → dst)``,
+    repeated until nothing changes (at most the longest path's length + 1 rounds).
+    """
+    P, N, _ = conn.shape
+    is_input = torch.arange(N, device=conn.device) < N_INPUTS
+    depth = torch.where(is_input, 0, 1).expand(P, N).contiguous()
+    for _ in range(N):
+        reach = torch.where(conn, depth[:, None, :] + 1, 0).amax(dim=2)
+        new = torch.where(is_input, 0, reach.clamp(min=1))
+        if torch.equal(new, depth):
+            break
+        depth = new
+    return depth
+
+
+def reachability(conn: torch.Tensor) -> torch.Tensor:
+    """(P, N, N) bool: ``R[p, dst, src]`` is True when a path src → … → dst exists (length ≥ 1).
+
+    Repeated squaring: after round r, R holds every path of length ≤ 2^r.
+    """
+    R = conn.to(torch.float32)
+    for _ in range(max(1, math.ceil(math.log2(conn.shape[-1])))):
+        R = (R + torch.bmm(R, R)).clamp_(max=1.0)
+    return R > 0
+
+
+def _pick(candidates: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One uniformly random True entry per genome: (flat index over dims 1.., has_any) for (P, ...)."""
+    flat = candidates.reshape(len(candidates), -1)
+    r = torch.rand(flat.shape, generator=generator, device=flat.device)
+    return torch.where(flat, r, -1.0).argmax(dim=1), flat.any(dim=1)
+
+
+class CPPNEncoding:
+    """CPPN genomes as padded tensors (see the module docstring) and their batched renderer.
+
+    ``shape``: (channels, height, width); channels 1 → one output (grey), 3 → three (colour).
+    ``max_hidden``: hidden-node capacity per genome (add-neuron does nothing when full).
+    The remaining arguments are the mutation probabilities and ranges of the module docstring.
+    ``dtype``: of the weights (and so of rendering); float64 for exact comparisons in tests.
+    """
+
+    def __init__(self, shape=(1, 28, 28), max_hidden: int = 32, weight_range: float = 10.0,
+                 weight_rate: float = 0.1, eta: float = 15.0, activation_rate: float = 0.1,
+                 add_connection: float = 0.5, delete_connection: float = 0.3,
+                 add_neuron: float = 0.5, delete_neuron: float = 0.2, dtype=torch.float32,
+                 max_floats: int = 1 << 24):
+        if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1:
+            raise ValueError(f"shape must be (1 or 3 channels, height, width), got {tuple(shape)}.")
+        probs = dict(weight_rate=weight_rate, activation_rate=activation_rate, add_connection=add_connection,
+                     delete_connection=delete_connection, add_neuron=add_neuron, delete_neuron=delete_neuron)
+        bad = {k: v for k, v in probs.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"Mutation probabilities must lie in [0, 1]; got {bad}.")
+        if max_hidden < 0:
+            raise ValueError(f"max_hidden must be >= 0, got {max_hidden}.")
+        self.image_shape = tuple(int(s) for s in shape)
+        self.n_outputs = self.image_shape[0]
+        self.max_hidden = int(max_hidden)
+        self.n_nodes = N_INPUTS + self.n_outputs + self.max_hidden
+        self.weight_range, self.eta = float(weight_range), float(eta)
+        self.rates = probs
+        self.dtype = dtype
+        self.max_floats = int(max_floats)  # renderer memory budget: genomes per chunk × nodes × pixels
+
+    def __repr__(self) -> str:
+        return f"CPPNEncoding(shape={self.image_shape}, max_hidden={self.max_hidden})"
+
+    # -- slots -------------------------------------------------------------------------------
+    def _slot_masks(self, device):
+        idx = torch.arange(self.n_nodes, device=device)
+        is_input = idx < N_INPUTS
+        is_output = (idx >= N_INPUTS) & (idx < N_INPUTS + self.n_outputs)
+        return is_input, is_output, ~(is_input | is_output)
+
+    # -- creation ----------------------------------------------------------------------------
+    def random(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """``n`` fresh genomes: every input wired to every output, random weights and activations."""
+        dev, N = generator.device, self.n_nodes
+        is_input, is_output, _ = self._slot_masks(dev)
+        conn = (is_output[:, None] & is_input[None, :]).expand(n, N, N).contiguous()
+        u = torch.rand((n, N, N), generator=generator, device=dev, dtype=self.dtype)
+        weight = torch.where(conn, (2 * u - 1) * self.weight_range, 0.0)
+        act = torch.randint(len(ACTIVATIONS), (n, N), generator=generator, device=dev)
+        alive = (is_input | is_output).expand(n, N).contiguous()
+        return {"weight": weight, "conn": conn, "act": act, "alive": alive}
+
+    # -- mutation ----------------------------------------------------------------------------
+    def mutate(self, genomes: dict, generator: torch.Generator, generation: int = 0) -> dict:
+        """Mutated copies of a population (the input is untouched). ``generation`` is unused.
+
+        Hidden slots fill from the front, so only the first ``n`` slots (the last one in use
+        anywhere in the population, plus one free slot) can change: we mutate that prefix only.
+        """
+        alive = genomes["alive"]
+        n = min(self.n_nodes, int(alive.any(dim=0).nonzero().max()) + 2)
+        part = self._mutate({"weight": genomes["weight"][:, :n, :n], "conn": genomes["conn"][:, :n, :n],
+                             "act": genomes["act"][:, :n], "alive": alive[:, :n]}, generator)
+        if n == self.n_nodes:
+            return part
+        out = {k: v.clone() for k, v in genomes.items()}
+        out["weight"][:, :n, :n], out["conn"][:, :n, :n] = part["weight"], part["conn"]
+        out["act"][:, :n], out["alive"][:, :n] = part["act"], part["alive"]
+        return out
+
+    def _mutate(self, genomes: dict, generator: torch.Generator) -> dict:
+        g, r = generator, self.rates
+        weight, conn = genomes["weight"], genomes["conn"].clone()
+        act, alive = genomes["act"].clone(), genomes["alive"].clone()
+        P, N = act.shape
+        dev, W = act.device, self.weight_range
+        is_input, is_output, is_hidden = self._slot_masks(dev)
+        is_input, is_output, is_hidden = is_input[:N], is_output[:N], is_hidden[:N]
+        rows = torch.arange(P, device=dev)
+
+        # Point mutations, vectorised over every gene of every genome.
+        weight = torch.where(conn, polynomial_mutation(weight, r["weight_rate"], self.eta, g, -W, W), 0.0)
+        redraw = (torch.rand((P, N), generator=g, device=dev) < r["activation_rate"]) & alive & ~is_input
+        act = torch.where(redraw, torch.randint(len(ACTIVATIONS), (P, N), generator=g, device=dev), act)
+
+        def coin(p):
+            return torch.rand(P, generator=g, device=dev) < p
+
+        # Add a connection src → dst where it closes no cycle (no path dst → src yet).
+        valid = (alive[:, :, None] & alive[:, None, :] & ~is_input[None, :, None] & ~is_output[None, None, :]
+                 & ~conn & ~torch.eye(N, dtype=torch.bool, device=dev) & ~reachability(conn).transpose(1, 2))
+        flat, has = _pick(valid, g)
+        do = coin(r["add_connection"]) & has
+        dst, src = flat // N, flat % N
+        new_w = (2 * torch.rand(P, generator=g, device=dev, dtype=weight.dtype) - 1) * W
+        conn[rows[do], dst[do], src[do]] = True
+        weight[rows[do], dst[do], src[do]] = new_w[do]
+
+        # Delete a connection.
+        flat, has = _pick(conn, g)
+        do = coin(r["delete_connection"]) & has
+        dst, src = flat // N, flat % N
+        conn[rows[do], dst[do], src[do]] = False
+        weight[rows[do], dst[do], src[do]] = 0.0
+
+        # Add a neuron: split src → dst into src → new (weight 1) → dst (the old weight).
+        flat, has = _pick(conn, g)
+        free = ~alive & is_hidden
+        new = free.int().argmax(dim=1)  # the first free hidden slot
+        new_act = torch.randint(len(ACTIVATIONS), (P,), generator=g, device=dev)
+        do = coin(r["add_neuron"]) & has & free.any(dim=1)
+        p, dst, src, h = rows[do], (flat // N)[do], (flat % N)[do], new[do]
+        old = weight[p, dst, src]
+        conn[p, dst, src], weight[p, dst, src] = False, 0.0
+        conn[p, h, src], weight[p, h, src] = True, 1.0
+        conn[p, dst, h], weight[p, dst, h] = True, old
+        alive[p, h], act[p, h] = True, new_act[do]
+
+        # Delete a hidden neuron and every connection touching it.
+        flat, has = _pick(alive & is_hidden, g)
+        do = coin(r["delete_neuron"]) & has
+        p, h = rows[do], flat[do]
+        alive[p, h] = False
+        conn[p, h, :], conn[p, :, h] = False, False
+        weight[p, h, :], weight[p, :, h] = 0.0, 0.0
+        return {"weight": weight, "conn": conn, "act": act, "alive": alive}
+
+    # -- rendering ---------------------------------------------------------------------------
+    def render(self, genomes: dict, shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """Draw every genome: (P, channels, H, W) in [0, 1]. ``shape`` = (H, W) overrides the size."""
+        H, W = shape if shape is not None else self.image_shape[1:]
+        weight = genomes["weight"]
+        P, N = genomes["act"].shape
+        inputs = coordinates(H, W, dtype=weight.dtype, device=weight.device)
+        n_eval = int(genomes["alive"].sum(dim=1).max()) if P else N_INPUTS
+        chunk = max(1, self.max_floats // (n_eval * H * W))
+        out = [self._render_chunk({k: v[i:i + chunk] for k, v in genomes.items()}, inputs, n_eval)
+               for i in range(0, P, chunk)]
+        if not out:
+            return weight.new_zeros((0, self.n_outputs, H, W))
+        return torch.cat(out).view(P, self.n_outputs, H, W)
+
+    def _render_chunk(self, genomes: dict, inputs: torch.Tensor, n_eval: int) -> torch.Tensor:
+        conn, alive = genomes["conn"], genomes["alive"]
+        P, N = alive.shape
+        w = genomes["weight"] * conn
+        # A topological order per genome: sort alive nodes by depth, free slots last.
+        key = torch.where(alive, node_depth(conn), N + 1)
+        order = torch.sort(key, dim=1, stable=True).indices[:, :n_eval]  # inputs stay at 0..3
+        ws = w.gather(1, order[:, :, None].expand(P, n_eval, N)).gather(2, order[:, None, :].expand(P, n_eval, n_eval))
+        acts = genomes["act"].gather(1, order)
+        V = inputs.new_empty((P, n_eval, inputs.shape[1]))
+        V[:, :N_INPUTS] = inputs
+        for k in range(N_INPUTS, n_eval):
+            pre = torch.bmm(ws[:, k:k + 1, :k], V[:, :k]).squeeze(1)
+            V[:, k] = activation(pre, acts[:, k])
+        # Where did each genome's output nodes land in its order?
+        out_pos = _inverse(order, N)[:, N_INPUTS:N_INPUTS + self.n_outputs]
+        o = V.gather(1, out_pos[:, :, None].expand(P, self.n_outputs, V.shape[2]))
+        return o.abs().clamp_(max=1.0)
+
+    # -- inspection --------------------------------------------------------------------------
+    def sizes(self, genomes: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden neurons, connections) per genome, two (P,) int tensors."""
+        _, _, is_hidden = self._slot_masks(genomes["alive"].device)
+        return (genomes["alive"] & is_hidden).sum(dim=1), genomes["conn"].sum(dim=(1, 2))
+
+
+def _inverse(order: torch.Tensor, n: int) -> torch.Tensor:
+    """position[p, node] = k where order[p, k] = node, for a partial order (P, k ≤ n) of slots."""
+    P, k = order.shape
+    position = torch.full((P, n), n, dtype=order.dtype, device=order.device)
+    return position.scatter_(1, order, torch.arange(k, device=order.device).expand(P, k))
+
+
+# --------------------------------------------------------------------------------------------
+# The slow reference: one genome, one pixel at a time, plain Python floats.
+
+_REFERENCE_ACTIVATIONS = (
+    math.sin,
+    lambda z: 2.0 * (1.0 / (1.0 + math.exp(-z)) - 0.5) if z > -700 else -1.0,
+    lambda z: math.exp(-z * z),
+    lambda z: min(max(z, -3.0), 3.0) / 3.0,
+)
+
+
+def render_reference(genome: dict, shape: tuple[int, int, int]) -> np.ndarray:
+    """Render ONE genome (a dict of unbatched tensors, e.g. ``{k: v[i] for k, v in pop.items()}``)
+    pixel by pixel with a memoised recursive evaluation. Returns (channels, H, W) float64."""
+    C, H, W = shape
+    w = genome["weight"].double().cpu().numpy()
+    conn = genome["conn"].cpu().numpy()
+    act = genome["act"].cpu().numpy()
+    sources = {dst: [int(s) for s in np.flatnonzero(conn[dst])] for dst in range(len(act))}
+    out = np.zeros((C, H, W))
+    for i in range(H):
+        for j in range(W):
+            x = -1.0 + 2.0 * j / (W - 1) if W > 1 else -1.0
+            y = -1.0 + 2.0 * i / (H - 1) if H > 1 else -1.0
+            values = {0: x, 1: y, 2: math.sqrt(x * x + y * y), 3: 1.0}
+
+            def value(node):
+                if node not in values:
+                    s = sum(w[node, src] * value(src) for src in sources[node])
+                    values[node] = _REFERENCE_ACTIVATIONS[act[node]](s)
+                return values[node]
+
+            for c in range(C):
+                out[c, i, j] = min(abs(value(N_INPUTS + c)), 1.0)
+    return out

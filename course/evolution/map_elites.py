@@ -1,0 +1,251 @@
+"""MAP-Elites with one cell per class, as Nguyen et al. ran it to fool a classifier.
+
+The archive keeps one *elite* per class: the image the classifier has so far found most confidently
+that class. Each generation:
+
+1. pick ``offspring`` parents uniformly (with replacement) among the filled cells;
+2. mutate copies of their genomes (the encoding decides how) and render them to images;
+3. classify all the images in one batched forward pass; softmax gives a probability per class;
+4. every offspring competes for *every* cell: a cell's elite is replaced by the offspring with the
+   highest probability for that class, if that probability is *strictly* higher than the elite's.
+   One image may so take several cells at once; ties keep the old elite.
+
+Step 4 is one vectorised update: ``probs.max(dim=0)`` finds each cell's best offspring, a
+comparison finds the cells it improves, and indexed assignment copies those offspring in. There is
+no Python loop over cells or offspring anywhere.
+
+The encoding is any object with ``random(n, generator)``, ``mutate(genomes, generator,
+generation)``, ``render(genomes) -> (n, C, H, W)`` and ``image_shape``; a population of genomes is a
+tensor or a dict of tensors, each with the population on its first axis (see
+:class:`~course.evolution.direct.DirectEncoding`, :class:`~course.evolution.cppn.CPPNEncoding`).
+The classifier is any ``nn.Module`` mapping images to logits, for 10 classes or 1000.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+Genomes = torch.Tensor | dict  # a tensor, or a dict of tensors, population on axis 0
+
+
+def take(genomes: Genomes, index: torch.Tensor) -> Genomes:
+    """The genomes at ``index`` (a population of len(index))."""
+    if isinstance(genomes, dict):
+        return {k: v[index] for k, v in genomes.items()}
+    return genomes[index]
+
+
+def put(dest: Genomes, index: torch.Tensor, src: Genomes) -> None:
+    """In place: ``dest[index] = src`` for a tensor or every tensor of a dict."""
+    if isinstance(dest, dict):
+        for k in dest:
+            dest[k][index] = src[k]
+    else:
+        dest[index] = src
+
+
+def count(genomes: Genomes) -> int:
+    """How many genomes a population holds."""
+    return len(next(iter(genomes.values()))) if isinstance(genomes, dict) else len(genomes)
+
+
+def _empty_like(genomes: Genomes, n: int) -> Genomes:
+    if isinstance(genomes, dict):
+        return {k: v.new_zeros((n, *v.shape[1:])) for k, v in genomes.items()}
+    return genomes.new_zeros((n, *genomes.shape[1:]))
+
+
+class EmptyArchiveError(RuntimeError):
+    """Raised when elites are asked for before anything was inserted."""
+
+
+@dataclass
+class Archive:
+    """One elite per cell (class), as tensors on one device.
+
+    - ``genomes``: the elites' genomes in the encoding's own form, ``n_cells`` on the first axis;
+    - ``images``: (n_cells, C, H, W) their renderings;
+    - ``scores``: (n_cells,) each elite's probability for *its* cell (−inf where empty);
+    - ``filled``: (n_cells,) bool.
+
+    Storage for genomes and images is allocated on the first :meth:`update`.
+    """
+
+    n_cells: int
+    device: torch.device = torch.device("cpu")
+    genomes: Genomes | None = None
+    images: torch.Tensor | None = None
+    scores: torch.Tensor = field(init=False)
+    filled: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        if self.n_cells < 1:
+            raise ValueError(f"An archive needs at least one cell, got n_cells={self.n_cells}.")
+        self.scores = torch.full((self.n_cells,), float("-inf"), device=self.device)
+        self.filled = torch.zeros(self.n_cells, dtype=torch.bool, device=self.device)
+
+    def __len__(self) -> int:
+        """The number of filled cells."""
+        return int(self.filled.sum())
+
+    def update(self, genomes: Genomes, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Insert a batch: each cell takes its best offspring if strictly better. Returns the
+        (n_cells,) bool mask of cells that changed.
+
+        ``probs`` (B, n_cells): every offspring's probability for every cell.
+        """
+        if probs.dim() != 2 or probs.shape[1] != self.n_cells:
+            raise ValueError(f"probs must be (offspring, {self.n_cells}), got {tuple(probs.shape)}.")
+        if probs.shape[0] != len(images) or count(genomes) != len(images):
+            raise ValueError(f"{count(genomes)} genomes, {len(images)} images and {probs.shape[0]} "
+                             "rows of probabilities: they must match.")
+        if self.genomes is None:
+            self.genomes = _empty_like(genomes, self.n_cells)
+            self.images = images.new_zeros((self.n_cells, *images.shape[1:]))
+        best, who = probs.max(dim=0)  # per cell: the best offspring (first one on ties)
+        better = best > self.scores   # strictly better only
+        cells = better.nonzero().squeeze(1)
+        put(self.genomes, cells, take(genomes, who[cells]))
+        self.images[cells] = images[who[cells]]
+        self.scores = torch.where(better, best, self.scores)
+        self.filled |= better
+        return better
+
+    def _check_nonempty(self):
+        if not bool(self.filled.any()):
+            raise EmptyArchiveError("The archive is empty: nothing has been inserted yet. "
+                                    "Call update() (or run map_elites) before asking for elites.")
+
+    def sample_parents(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` cell indices drawn uniformly, with replacement, among the filled cells."""
+        self._check_nonempty()
+        cells = self.filled.nonzero().squeeze(1)
+        pick = torch.randint(len(cells), (n,), generator=generator, device=generator.device)
+        return cells[pick.to(cells.device)]
+
+    def elites(self) -> tuple[torch.Tensor, torch.Tensor, Genomes]:
+        """(cells, images, genomes) of the filled cells."""
+        self._check_nonempty()
+        cells = self.filled.nonzero().squeeze(1)
+        return cells, self.images[cells], take(self.genomes, cells)
+
+
+@dataclass
+class MapElitesResult:
+    """What :func:`map_elites` returns. Unpacks as ``archive, history = map_elites(...)``.
+
+    ``history`` (generations_run + 1, n_cells): each cell's best probability after the initial
+    population (row 0) and after every generation.
+    """
+
+    archive: Archive
+    history: torch.Tensor
+    generations: int
+    evaluations: int
+    seconds: float
+
+    def __iter__(self):
+        return iter((self.archive, self.history))
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def classify(classifier: nn.Module, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Softmax probabilities (N, classes) of a batch, in chunks of ``batch_size`` images."""
+    if batch_size is None or batch_size >= len(images):
+        return torch.softmax(classifier(images).float(), dim=1)
+    return torch.cat([torch.softmax(classifier(images[i:i + batch_size]).float(), dim=1)
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def check_classifier(classifier: nn.Module, images: torch.Tensor) -> int:
+    """Run the classifier on a few rendered images; return its number of classes.
+
+    Explains the usual mistakes: an input size it cannot take, outputs that are already
+    probabilities (softmax applied twice flattens every score towards 1/classes).
+    """
+    try:
+        out = classifier(images)
+    except (RuntimeError, ValueError) as e:
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            raise
+        raise ValueError(
+            f"The classifier failed on the encoding's images of shape {tuple(images.shape[1:])} "
+            f"(a batch of {tuple(images.shape)}): {e}\nMake the encoding render what the classifier "
+            "expects, e.g. DirectEncoding(shape=(1, 28, 28)) for MNIST models or shape=(3, 224, 224) "
+            "for ImageNet models.") from e
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ValueError(f"The classifier must return logits of shape (N, classes), got "
+                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}.")
+    if out.shape[1] < 2:
+        raise ValueError(f"The classifier returns {out.shape[1]} output(s); MAP-Elites needs >= 2 classes.")
+    if bool((out >= 0).all()) and torch.allclose(out.sum(dim=1), out.new_ones(len(out)), atol=1e-4):
+        raise ValueError(
+            "The classifier seems to return probabilities (every row is non-negative and sums to 1), "
+            "not logits. MAP-Elites applies the softmax itself; applying it twice squashes every "
+            "confidence towards 1/classes. Pass the model without its final softmax layer.")
+    return out.shape[1]
+
+
+def map_elites(classifier: nn.Module, encoding, generations: int = 200, offspring: int = 200,
+               initial: int | None = None, seed: int = 0, threshold: float | None = None,
+               batch_size: int | None = None, progress: bool = True) -> MapElitesResult:
+    """Evolve one elite per class of ``classifier`` (see the module docstring).
+
+    ``initial``: random genomes to start with (default: ``offspring``). ``threshold``: stop early
+    once every cell's elite has at least this probability. ``batch_size``: images per forward pass
+    (default: the whole generation at once). Everything random flows from one ``torch.Generator``
+    seeded with ``seed`` on the classifier's device, so the same seed gives the same archive on CPU.
+    """
+    if not isinstance(generations, int) or generations < 1:
+        raise ValueError(f"generations must be a positive integer, got {generations!r}.")
+    if not isinstance(offspring, int) or offspring < 1:
+        raise ValueError(f"offspring must be a positive integer, got {offspring!r}.")
+    initial = offspring if initial is None else initial
+    if not isinstance(initial, int) or initial < 1:
+        raise ValueError(f"initial must be a positive integer, got {initial!r}.")
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold is a probability in (0, 1], got {threshold}.")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}.")
+    from tqdm.auto import tqdm
+
+    device = _device_of(classifier)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = classifier.training
+    classifier.eval()
+    start = time.perf_counter()
+    try:
+        genomes = encoding.random(initial, generator)
+        images = encoding.render(genomes)
+        n_cells = check_classifier(classifier, images[:2])
+        archive = Archive(n_cells, device=device)
+        archive.update(genomes, images, classify(classifier, images, batch_size))
+        history = [archive.scores.clone()]
+        evaluations = initial
+        bar = tqdm(range(1, generations + 1), desc="MAP-Elites", disable=not progress, leave=False)
+        for gen in bar:
+            parents = archive.sample_parents(offspring, generator)
+            children = encoding.mutate(take(archive.genomes, parents), generator, gen)
+            images = encoding.render(children)
+            archive.update(children, images, classify(classifier, images, batch_size))
+            history.append(archive.scores.clone())
+            evaluations += offspring
+            if progress and (gen % 10 == 0 or gen == generations):
+                bar.set_postfix(min=f"{float(archive.scores.min()):.4f}",
+                                mean=f"{float(archive.scores.mean()):.4f}")
+            if threshold is not None and bool((archive.scores >= threshold).all()):
+                break
+        bar.close()
+    finally:
+        classifier.train(was_training)
+    history = torch.stack(history)
+    return MapElitesResult(archive, history, len(history) - 1, evaluations, time.perf_counter() - start)

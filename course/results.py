@@ -1,0 +1,88 @@
+"""Results that machines can read: ``course.record("fc100_100_10.test_error", 0.017, paper=0.0164)``.
+
+Each call prints one line for the reader and, when ``COURSE_RESULTS_FILE`` is set (``course run``
+sets it for every notebook it executes), adds the metric to that JSON file, so the runner can
+print the paper's numbers beside ours. Each metric carries its data source, profile and device.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_SESSION: list[dict] = []  # what this Python session recorded, in order (for results_table)
+
+
+def _plain(value: Any) -> Any:
+    """Tensors, numpy scalars and arrays become JSON-friendly Python values."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        inner = ", ".join(_fmt(x) for x in v[:6])
+        return f"[{inner}{', …' if len(v) > 6 else ''}]"
+    return "—" if v is None else str(v)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON via a temp file and a rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def record(name: str, value: Any, paper: Any = None, *, source: str | None = None, **extra: Any) -> Any:
+    """Record one key number of a lesson; returns ``value`` unchanged.
+
+    ``paper`` is the paper's number for the same quantity (None when it has none); ``source`` the
+    data source (``"mnist-full"``, ``"mnist-5k"``) or weights behind it; ``extra`` anything else
+    worth keeping (``weights="none"``, ``unit="%"``).
+    """
+    from .profiles import resolve_profile
+
+    if not isinstance(name, str) or not name:
+        raise ValueError("A metric needs a non-empty name such as 'fc100_100_10.test_error'.")
+    entry = {"name": name, "value": _plain(value), "paper": _plain(paper), "source": source,
+             "profile": resolve_profile(None), **{k: _plain(v) for k, v in extra.items()}}
+    _SESSION[:] = [e for e in _SESSION if e["name"] != name] + [entry]
+    target = os.environ.get("COURSE_RESULTS_FILE")
+    if target:
+        path = Path(target)
+        data = json.loads(path.read_text()) if path.exists() else {"metrics": {}}
+        data.setdefault("metrics", {})[name] = {k: v for k, v in entry.items() if k != "name"}
+        write_json_atomic(path, data)
+    paper_txt = f"   (paper: {_fmt(entry['paper'])})" if paper is not None else ""
+    print(f"recorded {name} = {_fmt(entry['value'])}{paper_txt}   [{source or 'n/a'}, {entry['profile']}]")
+    return value
+
+
+def recorded() -> dict[str, dict]:
+    """Everything recorded in this Python session, by name."""
+    return {e["name"]: e for e in _SESSION}
+
+
+def results_table(prefix: str = "") -> str:
+    """A plain-text table of this session's metrics beside the paper's numbers."""
+    rows = [(e["name"], _fmt(e["value"]), _fmt(e["paper"]), e.get("source") or "")
+            for e in _SESSION if e["name"].startswith(prefix)]
+    head = ("metric", "ours", "paper", "source")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(head), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])

@@ -1,0 +1,220 @@
+"""MAP-Elites, the direct and CPPN encodings: statistics, exactness, semantics, determinism, errors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from course.evolution import (Archive, CPPNEncoding, DirectEncoding, EmptyArchiveError, expected_abs_delta,
+                              map_elites, polynomial_delta, polynomial_mutation, render_reference)
+from course.evolution.cppn import N_INPUTS, node_depth, reachability
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def linear_classifier(n_classes=10, shape=(1, 28, 28), seed=0):
+    """A fixed random linear classifier: cheap, deterministic, returns logits."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), n_classes))
+
+
+# -- polynomial mutation ---------------------------------------------------------------------
+
+def test_polynomial_delta_matches_its_distribution():
+    eta = 15.0
+    d = polynomial_delta(torch.rand(400_000, generator=gen(), dtype=torch.float64), eta)
+    assert float(d.min()) >= -1 and float(d.max()) <= 1
+    assert abs(float(d.mean())) < 2e-3                                  # symmetric
+    assert float(d.abs().mean()) == pytest.approx(expected_abs_delta(eta), rel=0.01)   # 1/17
+    p = 1 / (eta + 1)
+    assert float((d * d).mean()) == pytest.approx(1 - 2 / (p + 1) + 1 / (2 * p + 1), rel=0.02)
+    # Larger η, smaller steps.
+    d50 = polynomial_delta(torch.rand(100_000, generator=gen(1)), 50.0)
+    assert float(d50.abs().mean()) == pytest.approx(1 / 52, rel=0.02)
+
+
+def test_polynomial_mutation_rate_and_spread():
+    x = torch.full((200_000,), 0.5)
+    y = polynomial_mutation(x, rate=0.1, eta=15, generator=gen())
+    assert torch.equal(x, torch.full((200_000,), 0.5))                  # input untouched
+    changed = y != x
+    assert float(changed.float().mean()) == pytest.approx(0.1, abs=0.003)
+    assert float((y - x)[changed].abs().mean()) == pytest.approx(1 / 17, rel=0.02)
+    # Clipped at the edges; a wider range scales the step.
+    z = polynomial_mutation(torch.ones(10_000), 1.0, 15, gen())
+    assert float(z.max()) <= 1 and float(z.min()) >= 0
+    w = polynomial_mutation(torch.zeros(100_000), 1.0, 15, gen(), low=-10, high=10)
+    assert float(w.abs().mean()) == pytest.approx(20 / 17, rel=0.03)
+    with pytest.raises(ValueError, match="probability"):
+        polynomial_mutation(x, 1.5)
+
+
+def test_direct_encoding_shapes_rate_and_halving():
+    enc = DirectEncoding(shape=(3, 8, 8), rate=0.1, halving_every=1000)
+    pop = enc.random(500, gen())
+    assert pop.shape == (500, 3, 8, 8) and float(pop.min()) >= 0 and float(pop.max()) <= 1
+    assert torch.equal(enc.render(pop), pop)
+    child = enc.mutate(pop, gen(1), generation=0)
+    assert float((child != pop).float().mean()) == pytest.approx(0.1, abs=0.01)
+    assert enc.rate_at(999) == 0.1 and enc.rate_at(1000) == 0.05 and enc.rate_at(2500) == 0.025
+    late = enc.mutate(pop, gen(1), generation=2000)
+    assert float((late != pop).float().mean()) == pytest.approx(0.025, abs=0.005)
+    with pytest.raises(ValueError):
+        DirectEncoding(shape=(28, 28))
+
+
+# -- CPPN ------------------------------------------------------------------------------------
+
+def evolved_cppns(channels, n=12, rounds=15, seed=0, dtype=torch.float64):
+    enc = CPPNEncoding(shape=(channels, 28, 28), max_hidden=10, dtype=dtype)
+    g = gen(seed)
+    pop = enc.random(n, g)
+    for _ in range(rounds):
+        pop = enc.mutate(pop, g)
+    return enc, pop
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("hw", [(28, 28), (9, 13)])
+def test_cppn_renderer_equals_slow_reference(channels, hw):
+    enc, pop = evolved_cppns(channels)
+    hidden, _ = enc.sizes(pop)
+    assert int(hidden.max()) >= 3                      # real topologies, not just the start
+    images = enc.render(pop, shape=hw)
+    assert images.shape == (len(hidden), channels, *hw)
+    for i in range(len(hidden)):
+        ref = render_reference({k: v[i] for k, v in pop.items()}, (channels, *hw))
+        np.testing.assert_allclose(images[i].numpy(), ref, atol=1e-9, rtol=0)
+
+
+def test_cppn_float32_render_and_chunking_agree():
+    enc, pop = evolved_cppns(1, n=20)
+    full = enc.render(pop)
+    enc.max_floats = 28 * 28 * 20                      # force tiny chunks
+    assert torch.allclose(enc.render(pop), full)
+    pop32 = {k: (v.float() if v.is_floating_point() else v) for k, v in pop.items()}
+    assert torch.allclose(CPPNEncoding(max_hidden=10).render(pop32), full.float(), atol=1e-3)
+
+
+def test_cppn_start_and_mutation_invariants():
+    enc = CPPNEncoding(shape=(3, 16, 16), max_hidden=6)
+    g = gen(3)
+    pop = enc.random(64, g)
+    N = enc.n_nodes
+    # Start: every input wired to every output, no hidden nodes, weights within ±10.
+    assert int(pop["conn"].sum()) == 64 * N_INPUTS * 3 and int(enc.sizes(pop)[0].sum()) == 0
+    assert float(pop["weight"].abs().max()) <= 10
+    saw_hidden = 0
+    for _ in range(40):
+        pop = enc.mutate(pop, g)
+        conn, alive, w = pop["conn"], pop["alive"], pop["weight"]
+        assert not conn[:, :N_INPUTS].any()                                # inputs receive nothing
+        assert not conn[:, :, N_INPUTS:N_INPUTS + 3].any()                 # outputs are sinks
+        assert not (conn & ~(alive[:, :, None] & alive[:, None, :])).any()  # only between live nodes
+        assert not reachability(conn).diagonal(dim1=1, dim2=2).any()        # no cycles
+        assert not (w[~conn] != 0).any()                                  # weight 0 off-connection
+        assert float(w.abs().max()) <= 10
+        saw_hidden = max(saw_hidden, int(enc.sizes(pop)[0].max()))
+    assert saw_hidden == 6                                                 # capacity reached, not exceeded
+    img = enc.render(pop)
+    assert img.shape == (64, 3, 16, 16) and float(img.min()) >= 0 and float(img.max()) <= 1
+
+
+def test_node_depth_is_longest_path():
+    enc = CPPNEncoding(max_hidden=2)          # slots: 0-3 inputs, 4 output, 5-6 hidden
+    conn = torch.zeros(1, 7, 7, dtype=torch.bool)
+    conn[0, 5, 0] = conn[0, 6, 5] = conn[0, 4, 6] = conn[0, 4, 1] = True   # x→h5→h6→out, y→out
+    assert node_depth(conn).tolist() == [[0, 0, 0, 0, 3, 1, 2]]
+
+
+# -- the archive -----------------------------------------------------------------------------
+
+def test_archive_every_cell_strictly_better_ties_keep():
+    a = Archive(3)
+    genomes, images = torch.tensor([[0.0], [1.0]]), torch.zeros(2, 1, 1, 1)
+    changed = a.update(genomes, images, torch.tensor([[0.5, 0.2, 0.3], [0.1, 0.7, 0.2]]))
+    assert changed.tolist() == [True, True, True]
+    assert a.genomes.squeeze(1).tolist() == [0.0, 1.0, 0.0]            # offspring 0 holds two cells
+    assert a.scores.tolist() == pytest.approx([0.5, 0.7, 0.3])
+    # Ties do not replace; strictly better does, in every cell it beats.
+    changed = a.update(torch.tensor([[2.0]]), images[:1], torch.tensor([[0.5, 0.1, 0.3]]))
+    assert changed.tolist() == [False, False, False] and a.genomes.squeeze(1).tolist() == [0.0, 1.0, 0.0]
+    changed = a.update(torch.tensor([[3.0]]), images[:1], torch.tensor([[0.6, 0.1, 0.4]]))
+    assert changed.tolist() == [True, False, True] and a.genomes.squeeze(1).tolist() == [3.0, 1.0, 3.0]
+    # Among tied offspring the first wins.
+    a.update(torch.tensor([[4.0], [5.0]]), torch.zeros(2, 1, 1, 1), torch.tensor([[0.0, 0.9, 0.0], [0.0, 0.9, 0.0]]))
+    assert a.genomes.squeeze(1).tolist() == [3.0, 4.0, 3.0] and len(a) == 3
+
+
+def test_archive_dict_genomes_and_parents():
+    a = Archive(4)
+    genomes = {"w": torch.arange(6.0).view(3, 2), "id": torch.tensor([7, 8, 9])}
+    a.update(genomes, torch.zeros(3, 1, 2, 2), torch.tensor([[0.9, 0.0, 0.0, 0.0],
+                                                             [0.0, 0.8, 0.0, 0.0],
+                                                             [0.0, 0.0, 0.7, 0.0]]))
+    assert a.filled.tolist() == [True, True, True, True]                # −inf start: every cell fills
+    assert a.genomes["id"].tolist() == [7, 8, 9, 7]
+    parents = a.sample_parents(1000, gen())
+    assert set(parents.tolist()) == {0, 1, 2, 3}
+
+
+def test_empty_archive_and_bad_updates_raise():
+    a = Archive(10)
+    with pytest.raises(EmptyArchiveError, match="empty"):
+        a.sample_parents(5, gen())
+    with pytest.raises(EmptyArchiveError):
+        a.elites()
+    with pytest.raises(ValueError, match="probs"):
+        a.update(torch.zeros(2, 1), torch.zeros(2, 1, 1, 1), torch.zeros(2, 3))
+    with pytest.raises(ValueError):
+        Archive(0)
+
+
+# -- map_elites ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoding", [DirectEncoding(), CPPNEncoding(max_hidden=8)], ids=["direct", "cppn"])
+def test_map_elites_is_deterministic_and_monotone(encoding):
+    model = linear_classifier()
+    kw = dict(generations=6, offspring=24, initial=16, progress=False)
+    r1 = map_elites(model, encoding, seed=5, **kw)
+    archive, history = map_elites(model, encoding, seed=5, **kw)
+    r3 = map_elites(model, encoding, seed=6, **kw)
+    assert torch.equal(r1.archive.images, archive.images) and torch.equal(r1.archive.scores, archive.scores)
+    assert not torch.equal(r3.archive.images, archive.images)
+    assert history.shape == (7, 10) and r1.generations == 6 and r1.evaluations == 16 + 6 * 24
+    assert bool((history[1:] >= history[:-1]).all())                     # elites never get worse
+    assert torch.equal(history[-1], archive.scores)
+    cells, images, _ = archive.elites()
+    assert len(cells) == 10 and images.shape == (10, 1, 28, 28)
+    with torch.no_grad():                                                # scores are the elites' own p
+        p = torch.softmax(model(archive.images), dim=1).diagonal()
+    assert torch.allclose(p, archive.scores, atol=1e-6)
+
+
+def test_map_elites_thousand_classes_threshold_and_batches():
+    model = linear_classifier(1000, shape=(3, 8, 8))
+    r = map_elites(model, DirectEncoding(shape=(3, 8, 8)), generations=3, offspring=50, batch_size=16,
+                   progress=False)
+    assert r.archive.n_cells == 1000 and r.history.shape == (4, 1000)
+    assert len(r.archive) == 1000
+    early = map_elites(linear_classifier(), DirectEncoding(), generations=50, offspring=10, threshold=1e-9,
+                       progress=False)
+    assert early.generations == 1
+
+
+def test_map_elites_bad_inputs_raise_clearly():
+    model = linear_classifier()
+    with pytest.raises(ValueError, match="generations"):
+        map_elites(model, DirectEncoding(), generations=0, progress=False)
+    with pytest.raises(ValueError, match="generations"):
+        map_elites(model, DirectEncoding(), generations=-3, progress=False)
+    with pytest.raises(ValueError, match="probabilities"):
+        map_elites(nn.Sequential(model, nn.Softmax(dim=1)), DirectEncoding(), generations=1, progress=False)
+    with pytest.raises(ValueError, match=r"shape \(1, 32, 32\)"):
+        map_elites(model, DirectEncoding(shape=(1, 32, 32)), generations=1, progress=False)
+    from course.models import build_model
+    with pytest.raises(ValueError, match="shape"):
+        map_elites(build_model("lenet"), CPPNEncoding(shape=(3, 28, 28)), generations=1, progress=False)
