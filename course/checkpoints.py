@@ -40,8 +40,12 @@ def save_checkpoint(model: nn.Module, config: dict, info: dict, name: str, folde
     fd, tmp = tempfile.mkstemp(dir=pt.parent, prefix=f".{pt.name}.", suffix=".tmp")
     os.close(fd)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, tmp)
-    os.replace(tmp, pt)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, pt)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     write_json_atomic(meta, {"config": config, "info": info})
     return pt
 

@@ -1,0 +1,40 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from course.data import cache_root, fetch_mnist
+
+
+@pytest.fixture(scope="session")
+def real_raw_dir() -> Path:
+    """The user's MNIST raw folder, fetched once if need be (CI fetches it before pytest)."""
+    fetch_mnist(verbose=False)
+    return cache_root() / "MNIST" / "raw"
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch, real_raw_dir):
+    """A private COURSE_CACHE whose MNIST files are links to the real ones (nothing is re-downloaded)."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in real_raw_dir.iterdir():
+        if not f.name.startswith("."):
+            (raw / f.name).symlink_to(f)
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    from course import data
+
+    data._MEMO.clear()
+    yield tmp_path
+    data._MEMO.clear()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every network source fails, as on an offline laptop; records what was attempted."""
+    from course import data
+
+    calls = []
+    monkeypatch.setattr(data, "_try_torchvision", lambda: calls.append("torchvision") or "failed (offline)")
+    monkeypatch.setattr(data, "_try_npm", lambda: calls.append("npm") or "failed (offline)")
+    return calls
