@@ -88,13 +88,14 @@ def conv_operator_norm(weight: torch.Tensor, input_size: int | Sequence[int], st
     on the (M/Δ)-torus from C·Δ² input channels, with the kernel's polyphase components
     ``w_a[j] = w[Δj + a]``. In terms of the kernel's DFT on the full M-grid, the coefficients
     ``ŵ(ξ + l·M/Δ)`` at the Δ² aliases l of ξ mix the polyphase DFTs through a Δ×Δ DFT matrix
-    per axis, which has all singular values √Δ. Hence (papers.md's form, with our derivation)::
+    per axis, which has all singular values √Δ. Hence::
 
         ‖W‖₂ = max_{ξ ∈ grid of size M/Δ} σ_max(A(ξ)) · Δ^(−1),
         A(ξ) = [ŵ_{d,c}(ξ + l·M/Δ)]_{d, (c, l)}     a D × (C·Δ²) matrix.
 
-    The scaling is Δ^(−1) on A(ξ), i.e. Δ^(−2) on A(ξ)A(ξ)^*: for a 1×1 kernel of ones
-    with stride 2 (plain subsampling, norm 1) the unscaled A(ξ) is a row of four ones with norm 2.
+    papers.md writes the scaling as Δ^(−2); with the unnormalised DFT used here it is Δ^(−1) on
+    A(ξ), i.e. Δ^(−2) on A(ξ)A(ξ)ᴴ, whose largest eigenvalue is σ_max². Check: a 1×1 kernel of
+    ones with stride 2 only subsamples (norm 1); its unscaled A(ξ) is a row of four ones, norm 2.
 
     **Zero padding (the layer's real operator).** Pad the input as the layer does, to size
     ``H + 2p``, round that up to a multiple of Δ, and view the padded image as a torus of that
@@ -112,7 +113,8 @@ def conv_operator_norm(weight: torch.Tensor, input_size: int | Sequence[int], st
         circular: compute the norm of the circular convolution on the ``input_size`` torus
             (``padding`` is then ignored; the size must be a multiple of the stride).
 
-    Batched: one ``fft2`` over all kernels, one batched :func:`spectral_norm` over all frequencies.
+    Batched: one ``fft2`` over all (real) kernels, one batched :func:`spectral_norm` over all
+    frequencies.
     """
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     (H, W) = _pair(input_size)
@@ -139,6 +141,9 @@ def conv_operator_norm(weight: torch.Tensor, input_size: int | Sequence[int], st
     # Δ² aliases of each ξ next to the input channels -> (G, nh, nw, D/G, C/G · sh · sw)
     spectrum = spectrum.reshape(groups, D // groups, Cg, sh, nh, sw, nw)
     A = spectrum.permute(0, 4, 6, 1, 2, 3, 5).reshape(groups, nh, nw, D // groups, Cg * sh * sw)
+    # real kernels: A(−ξ) is the complex conjugate of A(ξ) up to column order (same singular
+    # values), so the half-plane ξ_w ≤ nw/2 already holds the maximum: half the work
+    A = A[:, :, : nw // 2 + 1]
     return spectral_norm(A).max() / math.sqrt(sh * sw)
 
 
@@ -161,7 +166,8 @@ def conv_layer_bound(conv: nn.Conv2d, input_size: int | Sequence[int]) -> torch.
     if conv.padding_mode == "zeros":
         return conv_operator_norm(conv.weight, (H, W), padding=padding, **args)
     if conv.padding_mode == "circular":
-        outs = [(n + 2 * p - s) // st + 1 for n, p, s, st in zip((H, W), padding, span, conv.stride)]
+        outs = [(n + 2 * p - s) // st + 1
+                for n, p, s, st in zip((H, W), padding, span, conv.stride)]
         if all(n % st == 0 and o <= n // st and s <= n
                for n, o, s, st in zip((H, W), outs, span, conv.stride)):
             return conv_operator_norm(conv.weight, (H, W), circular=True, **args)

@@ -56,3 +56,21 @@ def text_table(rows, headers) -> str:
     widths = [max(len(str(h)), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def explore(fn, **controls):
+    """An ipywidgets ``interact`` over ``fn`` in JupyterLab; one plain call when run headless.
+
+    ``controls`` are ipywidgets (sliders, dropdowns). Headless runs (``course run``, the tests:
+    ``COURSE_HEADLESS=1``) call ``fn`` once with each control's current value, so executed
+    notebooks hold a plot, not a widget's JSON.
+    """
+    import os
+
+    if os.environ.get("COURSE_HEADLESS"):
+        fn(**{name: getattr(w, "value", w) for name, w in controls.items()})
+        return None
+    import ipywidgets
+
+    ipywidgets.interact(fn, **controls)
+    return None

@@ -47,7 +47,8 @@ def test_activations_and_purity_comparison_on_a_tiny_model():
     torch.manual_seed(0)
     model = build_model("fc100_100_10")
     g = torch.Generator().manual_seed(0)
-    images, labels = torch.rand(40, 1, 28, 28, generator=g), torch.randint(0, 10, (40,), generator=g)
+    images = torch.rand(40, 1, 28, 28, generator=g)
+    labels = torch.randint(0, 10, (40,), generator=g)
     feats = activations(model, "fc1", images, batch_size=16)
     assert feats.shape == (40, 100)
     with torch.no_grad():

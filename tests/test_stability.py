@@ -1,4 +1,4 @@
-"""Lipschitz bounds (course.stability): the FFT conv norm against power iteration, and whole models."""
+"""Lipschitz bounds (course.stability): FFT conv norms vs. power iteration, and whole models."""
 import math
 
 import pytest
@@ -13,6 +13,15 @@ from course.stability import (
 )
 
 ITERS = 400  # power iterations: small grids keep the spectral gap wide, so this converges
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Many tiny ops: extra threads only contend (pytest-xdist already runs a worker per core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _kernel(seed, d=4, c=3, k=3):
