@@ -12,6 +12,10 @@ Unregularised (decay 0, no blur) the result is structured noise that the network
 "7" with 99.99% confidence; the regularisers make the images smoother and a little more
 recognisable (Yosinski et al.'s deep-visualisation regularisers).
 
+Choices (papers.md [C] leaves them open): the start is N(0, 1) noise clipped to [0, 1]; the
+default objective is log p (same maximiser as p, but its gradient does not vanish at p ≈ 0, where
+a badly scored target starts); ``objective="prob"`` gives the paper's literal version.
+
 All targets climb together in one batch (image ``i`` for ``targets[i]``): the model sees each
 image independently (eval mode), so the batch gives exactly what separate runs would. Each
 image's starting noise depends only on ``(seed, target)``.

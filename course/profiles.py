@@ -33,11 +33,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lbfgs.c_init": 10.0,          # largest c of the grid (c·‖r‖² + CE)
         "lbfgs.c_factor": 10.0,        # ratio between neighbours of the grid
         "lbfgs.c_steps": 4,            # grid points: c_init, c_init/c_factor, ...
-        "lbfgs.refine_steps": 2,       # geometric bisections of c after the grid
+        "lbfgs.refine_steps": 1,       # rounds refining c after the grid
+        "lbfgs.refine_points": 3,      # values of c tried per round (1 = bisection)
         "lbfgs.max_iter": 50,          # L-BFGS iterations per run
         "lbfgs.history": 10,           # L-BFGS memory (pairs)
         # --- 04 transfer --------------------------------------------------------
         # --- 05 stability -------------------------------------------------------
+        "stability.power_iters": 100,  # power iterations checking each FFT conv bound
         # --- 06/07 evolution ----------------------------------------------------
         "evolution.initial": 20,       # random genomes in the first population
         "evolution.offspring": 20,     # offspring per generation
@@ -60,7 +62,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lbfgs.c_init": 10.0,
         "lbfgs.c_factor": 10.0,
         "lbfgs.c_steps": 5,
-        "lbfgs.refine_steps": 4,
+        "lbfgs.refine_steps": 2,
+        "lbfgs.refine_points": 3,
         "lbfgs.max_iter": 100,
         "lbfgs.history": 10,
         # 06/07 evolution
@@ -70,6 +73,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "evolution.runs": 1,
         # 08 gradient ascent
         "ascent.steps": 500,
+        # 05 stability
+        "stability.power_iters": 300,
     },
     "paper": {
         "data.n_train": None,
@@ -85,7 +90,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lbfgs.c_init": 100.0,
         "lbfgs.c_factor": 10.0,
         "lbfgs.c_steps": 6,
-        "lbfgs.refine_steps": 6,
+        "lbfgs.refine_steps": 3,
+        "lbfgs.refine_points": 3,
         "lbfgs.max_iter": 200,
         "lbfgs.history": 10,
         # 06/07 evolution
@@ -95,6 +101,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "evolution.runs": 5,
         # 08 gradient ascent
         "ascent.steps": 500,
+        # 05 stability
+        "stability.power_iters": 1000,
     },
 }
 

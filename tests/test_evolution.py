@@ -9,6 +9,16 @@ from torch import nn
 from course.evolution import (Archive, CPPNEncoding, DirectEncoding, EmptyArchiveError, expected_abs_delta,
                               map_elites, polynomial_delta, polynomial_mutation, render_reference)
 from course.evolution.cppn import N_INPUTS, node_depth, reachability
+from course.evolution.direct import bernoulli_positions
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is fastest, and avoids oversubscribing a shared CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def gen(seed=0):
@@ -34,6 +44,29 @@ def test_polynomial_delta_matches_its_distribution():
     # Larger η, smaller steps.
     d50 = polynomial_delta(torch.rand(100_000, generator=gen(1)), 50.0)
     assert float(d50.abs().mean()) == pytest.approx(1 / 52, rel=0.02)
+
+
+def test_polynomial_delta_is_the_papers_formula():
+    u = torch.rand(10_000, generator=gen(), dtype=torch.float64)
+    p = 1 / 16
+    paper = torch.where(u < 0.5, (2 * u).pow(p) - 1, 1 - (2 * (1 - u)).pow(p))
+    assert torch.allclose(polynomial_delta(u, 15.0), paper, atol=1e-12, rtol=0)
+
+
+def test_bernoulli_positions_are_independent_coins():
+    g = gen()
+    hits = torch.zeros(500)
+    counts = []
+    for _ in range(2000):
+        pos = bernoulli_positions(500, 0.1, g)
+        assert bool((pos[1:] > pos[:-1]).all()) and (len(pos) == 0 or 0 <= int(pos[0]) and int(pos[-1]) < 500)
+        hits[pos] += 1
+        counts.append(len(pos))
+    counts = torch.tensor(counts, dtype=torch.float64)
+    assert float(counts.mean()) == pytest.approx(50, rel=0.02)           # binomial mean n·p
+    assert float(counts.var()) == pytest.approx(45, rel=0.1)             # and variance n·p·(1 − p)
+    assert float((hits / 2000 - 0.1).abs().max()) < 0.035                # every position equally likely
+    assert len(bernoulli_positions(7, 1.0, g)) == 7 and len(bernoulli_positions(7, 0.0, g)) == 0
 
 
 def test_polynomial_mutation_rate_and_spread():

@@ -6,6 +6,15 @@ import torch.nn.functional as F
 from course.fooling import gaussian_blur, gradient_ascent
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is fastest, and avoids oversubscribing a shared CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     """A small ReLU MLP trained for a few seconds on 2,000 MNIST digits (~85-90% test accuracy)."""

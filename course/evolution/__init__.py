@@ -8,12 +8,13 @@
 - :mod:`.cppn`: CPPN genomes as padded tensors and a renderer for a whole population at once.
 """
 from .cppn import ACTIVATIONS, CPPNEncoding, coordinates, render_reference
-from .direct import DirectEncoding, expected_abs_delta, polynomial_delta, polynomial_mutation
+from .direct import (DirectEncoding, bernoulli_positions, expected_abs_delta, polynomial_delta,
+                     polynomial_mutation)
 from .map_elites import (Archive, EmptyArchiveError, MapElitesResult, check_classifier, classify,
                          map_elites)
 
 __all__ = [
-    "ACTIVATIONS", "Archive", "CPPNEncoding", "DirectEncoding", "EmptyArchiveError", "MapElitesResult",
+    "ACTIVATIONS", "Archive", "CPPNEncoding", "bernoulli_positions", "DirectEncoding", "EmptyArchiveError", "MapElitesResult",
     "check_classifier", "classify", "coordinates", "expected_abs_delta", "map_elites",
     "polynomial_delta", "polynomial_mutation", "render_reference",
 ]

@@ -33,9 +33,13 @@ slots, alive or free):
 - ``alive``  (P, N) bool: which slots hold a node (inputs and outputs always).
 
 Every operator — mutation and rendering — works on the whole population at once: no Python loop
-over genomes. The renderer sorts each genome's nodes by depth (longest path from an input), then
-computes node slot ``k`` of *every* genome in one batched matmul over all pixels, for k = 4, 5, ...
-That is N small steps whatever the population size, each ``(P, 1, k) @ (P, k, pixels)``.
+over genomes. The renderer first plans for the whole population: drop the nodes no output depends
+on, sort each genome's nodes by depth (longest path from an input: a topological order), and sort
+the genomes by size, largest first. The inputs' contribution to every node of every genome is one
+matmul with the shared (4, pixels) coordinates. Then step k adds, for node k of every genome that
+has one (a prefix of the sorted batch), the terms from its earlier hidden nodes — one batched
+matmul ``(m, 1, k) @ (m, k, pixels)`` — and applies the activations, one call per activation type.
+So a population costs a dozen small steps whatever its size, and padding costs nothing.
 :func:`render_reference` is the slow per-pixel evaluator the tests compare it with.
 """
 from __future__ import annotations
@@ -49,20 +53,11 @@ from .direct import polynomial_mutation
 
 N_INPUTS = 4  # x, y, d, bias
 ACTIVATIONS = ("sin", "sigmoid", "gaussian", "linear")
-
-
-def activation(pre: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Apply activation ``ids[i]`` to row ``pre[i]``: one function call per activation *type*."""
-    out = torch.empty_like(pre)
-    fns = (torch.sin,
-           lambda z: 2.0 * (torch.sigmoid(z) - 0.5),
-           lambda z: torch.exp(-z * z),
-           lambda z: z.clamp(-3.0, 3.0) / 3.0)
-    for a, fn in enumerate(fns):
-        rows = (ids == a).nonzero().squeeze(1)
-        if rows.numel():
-            out.index_copy_(0, rows, fn(pre.index_select(0, rows)))
-    return out
+# The four activations, in place (the renderer applies them to freshly computed blocks).
+_ACTIVATIONS_INPLACE = (torch.Tensor.sin_,                               # sin(x)
+                        lambda z: z.sigmoid_().sub_(0.5).mul_(2.0),      # 2(σ(x) − 0.5)
+                        lambda z: z.square_().neg_().exp_(),             # exp(−x²)
+                        lambda z: z.clamp_(-3.0, 3.0).div_(3.0))         # clip(x, −3, 3) / 3
 
 
 def coordinates(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -74,21 +69,36 @@ def coordinates(height: int, width: int, dtype=torch.float32, device=None) -> to
 
 
 def node_depth(conn: torch.Tensor) -> torch.Tensor:
-    """Longest-path depth of every node, (P, N): inputs 0, any other node ≥ 1.
+    """Longest-path depth of every node, (P, N) int64: inputs 0, any other node ≥ 1.
 
     Relaxation over the whole population: ``depth[dst] = 1 + max(depth[src] for src → dst)``,
     repeated until nothing changes (at most the longest path's length + 1 rounds).
     """
     P, N, _ = conn.shape
+    c = conn.to(torch.float32)
     is_input = torch.arange(N, device=conn.device) < N_INPUTS
-    depth = torch.where(is_input, 0, 1).expand(P, N).contiguous()
+    depth = torch.where(is_input, 0.0, 1.0).expand(P, N).contiguous()
     for _ in range(N):
-        reach = torch.where(conn, depth[:, None, :] + 1, 0).amax(dim=2)
-        new = torch.where(is_input, 0, reach.clamp(min=1))
+        reach = (c * (depth[:, None, :] + 1)).amax(dim=2)  # 1 + deepest source; 0 with no source
+        new = torch.where(is_input, 0.0, reach.clamp(min=1))
         if torch.equal(new, depth):
             break
         depth = new
-    return depth
+    return depth.long()
+
+
+def feeds(conn: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(P, N) bool: the nodes that are ``targets`` (an (N,) mask) or have a path into one."""
+    P, N, _ = conn.shape
+    c = conn.to(torch.float32)
+    need = targets.expand(P, N).float()
+    for _ in range(N):
+        # A node is needed if it is a target or feeds a needed node: need @ conn over dst.
+        new = ((torch.bmm(need[:, None, :], c).squeeze(1) + need) > 0).float()
+        if torch.equal(new, need):
+            break
+        need = new
+    return need > 0
 
 
 def reachability(conn: torch.Tensor) -> torch.Tensor:
@@ -240,37 +250,73 @@ class CPPNEncoding:
 
     # -- rendering ---------------------------------------------------------------------------
     def render(self, genomes: dict, shape: tuple[int, int] | None = None) -> torch.Tensor:
-        """Draw every genome: (P, channels, H, W) in [0, 1]. ``shape`` = (H, W) overrides the size."""
-        H, W = shape if shape is not None else self.image_shape[1:]
-        weight = genomes["weight"]
-        P, N = genomes["act"].shape
-        inputs = coordinates(H, W, dtype=weight.dtype, device=weight.device)
-        n_eval = int(genomes["alive"].sum(dim=1).max()) if P else N_INPUTS
-        chunk = max(1, self.max_floats // (n_eval * H * W))
-        out = [self._render_chunk({k: v[i:i + chunk] for k, v in genomes.items()}, inputs, n_eval)
-               for i in range(0, P, chunk)]
-        if not out:
-            return weight.new_zeros((0, self.n_outputs, H, W))
-        return torch.cat(out).view(P, self.n_outputs, H, W)
+        """Draw every genome: (P, channels, H, W) in [0, 1]. ``shape`` = (H, W) overrides the size.
 
-    def _render_chunk(self, genomes: dict, inputs: torch.Tensor, n_eval: int) -> torch.Tensor:
-        conn, alive = genomes["conn"], genomes["alive"]
-        P, N = alive.shape
-        w = genomes["weight"] * conn
-        # A topological order per genome: sort alive nodes by depth, free slots last.
-        key = torch.where(alive, node_depth(conn), N + 1)
-        order = torch.sort(key, dim=1, stable=True).indices[:, :n_eval]  # inputs stay at 0..3
-        ws = w.gather(1, order[:, :, None].expand(P, n_eval, N)).gather(2, order[:, None, :].expand(P, n_eval, n_eval))
-        acts = genomes["act"].gather(1, order)
-        V = inputs.new_empty((P, n_eval, inputs.shape[1]))
-        V[:, :N_INPUTS] = inputs
-        for k in range(N_INPUTS, n_eval):
-            pre = torch.bmm(ws[:, k:k + 1, :k], V[:, :k]).squeeze(1)
-            V[:, k] = activation(pre, acts[:, k])
+        Plan (whole population at once): keep only the nodes some output depends on, sort each
+        genome's nodes by depth (a topological order), and sort the genomes by size, largest
+        first. Then step k computes node k of every genome that has one — a *prefix* of the
+        sorted batch — so each genome costs what its own size costs, padding costs nothing.
+        Genomes are rendered in chunks that keep (genomes × nodes × pixels) under ``max_floats``.
+        """
+        H, W = shape if shape is not None else self.image_shape[1:]
+        P = len(genomes["alive"])
+        out = genomes["weight"].new_empty((P, self.n_outputs, H, W))
+        if P == 0:
+            return out
+        # Hidden slots fill from the front: slots after the last one alive anywhere are empty.
+        N = int(genomes["alive"].any(dim=0).nonzero().max()) + 1
+        conn, alive, weight = genomes["conn"][:, :N, :N], genomes["alive"][:, :N], genomes["weight"][:, :N, :N]
+        inputs = coordinates(H, W, dtype=weight.dtype, device=weight.device)
+        is_input, is_output, _ = (m[:N] for m in self._slot_masks(alive.device))
+        used = alive & (feeds(conn, is_output) | is_input)
+        key = torch.where(used, node_depth(conn), N + 1)
+        order = torch.sort(key, dim=1, stable=True).indices       # inputs stay in slots 0..3
+        size = used.sum(dim=1)
+        by_size = torch.sort(size, descending=True, stable=True).indices
+        sizes = size[by_size].tolist()
+        i = 0
+        while i < P:
+            n = sizes[i]
+            chunk = by_size[i:i + max(1, self.max_floats // (n * H * W))]
+            o = self._render_chunk(weight[chunk] * conn[chunk], genomes["act"][chunk, :N], order[chunk, :n],
+                                   size[chunk], inputs)
+            out.index_copy_(0, chunk, o.view(len(chunk), self.n_outputs, H, W))
+            i += len(chunk)
+        return out
+
+    def _render_chunk(self, w, act, order, size, inputs) -> torch.Tensor:
+        """Genomes sorted by ``size`` (descending); ``order`` (P, n) their nodes in topological order."""
+        P, n = order.shape
+        N = w.shape[1]
+        ws = w.gather(1, order[:, :, None].expand(P, n, N)).gather(2, order[:, None, :].expand(P, n, n))
+        # Step k computes node k of the genomes that have one: a prefix of the batch. Within the
+        # step, rows are grouped by activation (``group``, ``counts``) so each function runs once on
+        # a contiguous block. Planned for all steps at once, so there is one host sync per chunk.
+        has = torch.arange(n, device=size.device)[None, :] < size[:, None]      # (P, n)
+        acts = torch.where(has, act.gather(1, order), len(ACTIVATIONS))         # sentinel sorts last
+        group = torch.sort(acts, dim=0, stable=True).indices                   # (P, n)
+        counts = (acts[:, :, None] == torch.arange(len(ACTIVATIONS), device=acts.device)).sum(dim=0).tolist()
+        # Node values, node-major: V[j, p] is node 4 + j of genome p (inputs are not stored).
+        # First every node's input term, for all genomes at once: one matmul with the shared
+        # (4, pixels) coordinates. Then, node by node, add the terms from earlier hidden nodes.
+        HW = inputs.shape[1]
+        V = (ws[:, N_INPUTS:, :N_INPUTS].transpose(0, 1).reshape(-1, N_INPUTS) @ inputs).view(n - N_INPUTS, P, HW)
+        for k in range(N_INPUTS, n):
+            j, m = k - N_INPUTS, sum(counts[k])          # m: genomes that have a k-th node
+            if j:
+                V[j, :m] += torch.bmm(ws[:m, k:k + 1, N_INPUTS:k], V[:j, :m].transpose(0, 1)).squeeze(1)
+            rows = group[:m, k]
+            x = V[j, :m].index_select(0, rows)
+            start = 0
+            for a, c in enumerate(counts[k]):
+                if c:
+                    _ACTIVATIONS_INPLACE[a](x[start:start + c])
+                start += c
+            V[j, :m].index_copy_(0, rows, x)
         # Where did each genome's output nodes land in its order?
-        out_pos = _inverse(order, N)[:, N_INPUTS:N_INPUTS + self.n_outputs]
-        o = V.gather(1, out_pos[:, :, None].expand(P, self.n_outputs, V.shape[2]))
-        return o.abs().clamp_(max=1.0)
+        out_pos = _inverse(order, N)[:, N_INPUTS:N_INPUTS + self.n_outputs] - N_INPUTS
+        o = V.gather(0, out_pos.T[:, :, None].expand(self.n_outputs, P, HW)).transpose(0, 1)
+        return o.abs_().clamp_(max=1.0)
 
     # -- inspection --------------------------------------------------------------------------
     def sizes(self, genomes: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,13 +18,44 @@ A population is one tensor ``(P, C, H, W)``: mutation and rendering are single t
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
 def polynomial_delta(u: torch.Tensor, eta: float) -> torch.Tensor:
-    """The polynomial-mutation step δ ∈ [−1, 1] for uniform draws ``u`` ∈ [0, 1)."""
-    p = 1.0 / (eta + 1.0)
-    return torch.where(u < 0.5, (2.0 * u).pow(p) - 1.0, 1.0 - (2.0 * (1.0 - u)).pow(p))
+    """The polynomial-mutation step δ ∈ [−1, 1] for uniform draws ``u`` ∈ [0, 1).
+
+    The two branches are mirror images, so one power does: with v = min(u, 1 − u),
+    δ = ∓(1 − (2v)^(1/(η+1))), negative for u < 0.5.
+    """
+    v = torch.minimum(u, 1.0 - u)
+    step = 1.0 - (2.0 * v).pow(1.0 / (eta + 1.0))
+    return torch.where(u < 0.5, -step, step)
+
+
+def bernoulli_positions(n: int, rate: float, generator: torch.Generator | None = None,
+                        device=None) -> torch.Tensor:
+    """The sorted indices in range(n) where independent coins of probability ``rate`` land heads.
+
+    Same distribution as ``(torch.rand(n) < rate).nonzero()``, but drawn by skipping ahead: the
+    gap to the next head is geometric, ``1 + ⌊log U / log(1 − rate)⌋``, so it costs about
+    ``rate · n`` random numbers instead of ``n`` (a tenth at the paper's rate of 0.1).
+    """
+    if rate <= 0.0 or n == 0:
+        return torch.empty(0, dtype=torch.long, device=device)
+    if rate >= 1.0:
+        return torch.arange(n, device=device)
+    log_q = math.log1p(-rate)
+    k = int(n * rate + 6 * math.sqrt(n * rate) + 16)  # 6σ more gaps than expected
+    rounds, last = [], -1
+    while last < n - 1:  # almost always a single round
+        u = torch.rand(k, generator=generator, device=device, dtype=torch.float64)
+        gaps = (torch.log1p(-u) / log_q).floor_().long() + 1  # 1 - u is in (0, 1]: no log(0)
+        rounds.append(last + torch.cumsum(gaps, 0))
+        last = int(rounds[-1][-1])
+    positions = rounds[0] if len(rounds) == 1 else torch.cat(rounds)
+    return positions[positions < n]
 
 
 def polynomial_mutation(x: torch.Tensor, rate: float, eta: float = 15.0,
@@ -33,16 +64,18 @@ def polynomial_mutation(x: torch.Tensor, rate: float, eta: float = 15.0,
     """Mutate each entry of ``x`` with probability ``rate``: add δ·(high−low), clip to [low, high].
 
     Returns a new tensor; ``x`` is untouched. ``generator`` (on ``x``'s device) makes it
-    reproducible. Two uniform draws per entry: one for "does it mutate", one for δ.
+    reproducible. Only the entries that mutate draw a δ (see :func:`bernoulli_positions`).
     """
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"Mutation rate must be a probability in [0, 1], got {rate}.")
     if eta < 0:
         raise ValueError(f"The distribution index eta must be >= 0, got {eta}.")
-    mutate = torch.rand(x.shape, generator=generator, device=x.device) < rate
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    step = polynomial_delta(u, eta) * (high - low)
-    return torch.where(mutate, x + step, x).clamp_(low, high)
+    out = x.clone(memory_format=torch.contiguous_format)
+    flat = out.view(-1)
+    where = bernoulli_positions(flat.numel(), rate, generator, x.device)
+    u = torch.rand(where.shape, generator=generator, device=x.device, dtype=x.dtype)
+    flat[where] = (flat[where] + polynomial_delta(u, eta) * (high - low)).clamp_(low, high)
+    return out
 
 
 def expected_abs_delta(eta: float) -> float:

@@ -247,5 +247,5 @@ def map_elites(classifier: nn.Module, encoding, generations: int = 200, offsprin
         bar.close()
     finally:
         classifier.train(was_training)
-    history = torch.stack(history)
+    history = torch.stack(history).cpu()
     return MapElitesResult(archive, history, len(history) - 1, evaluations, time.perf_counter() - start)
