@@ -1,4 +1,4 @@
-"""The ``course`` command: ``run``, ``data``, ``doctor``, ``build-lessons``."""
+"""The ``course`` command: ``run``, ``data``, ``doctor``, ``build-lessons``, ``grade``, ``report``."""
 from __future__ import annotations
 
 import argparse
@@ -110,6 +110,29 @@ def _cmd_build(args) -> int:
     return 1
 
 
+def _cmd_grade(args) -> int:
+    from .grading import grade_notebooks
+
+    reports = grade_notebooks(args.submissions, timeout=args.timeout, keep=args.keep)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=1, ensure_ascii=False))
+    else:
+        for r in reports:
+            print(r.format())
+        if len(reports) > 1:
+            print(f"\n{len(reports)} submissions, mean score {sum(r.score for r in reports) / len(reports):.0%}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import build_report, latest_run
+
+    run_dir = args.run_dir or latest_run()
+    html_path, md_path = build_report(run_dir, out_dir=args.out)
+    print(f"wrote {html_path}\nwrote {md_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .profiles import NAMES
 
@@ -134,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--check", action="store_true", help="fail if lessons/ is stale or leaks solutions")
     b.add_argument("--force", action="store_true", help="overwrite lessons edited by hand")
     b.set_defaults(fn=_cmd_build)
+    g = sub.add_parser("grade", help="run students' notebooks headless (ci profile, hidden tests back in) and score them")
+    g.add_argument("submissions", nargs="+", help="submitted notebooks (.ipynb)")
+    g.add_argument("--json", action="store_true", help="one JSON record per submission, for a gradebook")
+    g.add_argument("--timeout", type=float, default=600, help="seconds allowed per notebook (default 600)")
+    g.add_argument("--keep", type=Path, help="keep the executed notebooks in this folder")
+    g.set_defaults(fn=_cmd_grade)
+    rep = sub.add_parser("report", help="an HTML + Markdown page of a run's numbers beside the papers', with figures")
+    rep.add_argument("run_dir", nargs="?", type=Path, help="a `course run` folder (default: the newest under $COURSE_CACHE/runs)")
+    rep.add_argument("--out", type=Path, help="where to write report.html and report.md (default: RUN_DIR)")
+    rep.set_defaults(fn=_cmd_report)
     return p
 
 

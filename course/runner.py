@@ -53,7 +53,8 @@ def run_one(nb: Path, out_dir: Path, profile: str, timeout: int | None = None) -
     metrics_file = out_dir / f"{nb.stem}.metrics.json"
     metrics_file.unlink(missing_ok=True)
     env = {**os.environ, "COURSE_RESULTS_FILE": str(metrics_file), "COURSE_PROFILE": profile,
-           "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", "COURSE_HEADLESS": "1"}
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures saved in the executed notebook
+           "PYTHONUNBUFFERED": "1", "COURSE_HEADLESS": "1"}
     cmd = [sys.executable, "-m", "papermill", str(nb), str(out_nb), "-p", "profile", profile,
            "-k", "python3", "--cwd", str(nb.parent), "--no-progress-bar"]
     if timeout:

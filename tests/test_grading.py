@@ -1,0 +1,125 @@
+"""``course grade``: full marks for a solution, zero for an unsolved lesson, exactly one exercise lost
+for one wrong answer, and a clear verdict (not a traceback) for a foreign, broken or endless notebook."""
+import json
+import tempfile
+
+import nbformat
+import psutil
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from course.cli import main
+from course.grading import CRASHED, NOT_OURS, TIMED_OUT, UNREADABLE, grade_notebook, load_solutions
+from course.lessons import build_lesson, repo_root
+
+SOLUTIONS = repo_root() / "solutions"
+LESSONS = repo_root() / "lessons"
+
+
+@pytest.fixture(scope="module")
+def solutions():
+    return load_solutions()
+
+
+def _kernels_under(folder) -> list[int]:
+    """Kernels started by a grading whose temporary files are under ``folder``."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "ipykernel" in " ".join(p.info["cmdline"] or []) and \
+                    p.environ().get("COURSE_RESULTS_FILE", "").startswith(str(folder)):
+                found.append(p.pid)
+        except (psutil.Error, OSError):
+            pass
+    return found
+
+
+def test_a_solved_notebook_scores_full_marks(solutions):
+    report = grade_notebook(SOLUTIONS / "00_welcome.ipynb", timeout=300, solutions=solutions)
+    assert report.lesson == "00_welcome" and report.verdict == "graded"
+    assert [(e.id, e.passed) for e in report.exercises] == [("0.1", True)]
+    assert report.score == 1.0
+
+
+def test_the_unsolved_lesson_scores_zero_without_crashing(tmp_path, solutions):
+    submission = tmp_path / "alice.ipynb"  # a student's file name: matched by its cells, not its name
+    submission.write_text((LESSONS / "00_welcome.ipynb").read_text())
+    report = grade_notebook(submission, timeout=300, solutions=solutions)
+    assert report.lesson == "00_welcome" and report.verdict == "graded"
+    assert report.score == 0.0 and report.total == 1
+    assert report.exercises[0].reason == "not attempted"
+
+
+def test_one_wrong_answer_loses_exactly_that_exercise(tmp_path, solutions):
+    nb = nbformat.read(SOLUTIONS / "01_training_mnist.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if 'course.check("1.1"' in c.source)
+    cell.source = cell.source.replace("if p.dim() > 1)", ")")  # decays the biases too: wrong
+    nbformat.write(nb, tmp_path / "01_training_mnist.ipynb")
+    report = grade_notebook(tmp_path / "01_training_mnist.ipynb", timeout=400, solutions=solutions)
+    assert report.verdict == "graded", report.detail
+    assert {e.id: e.passed for e in report.exercises} == {"1.1": False, "1.2": True}
+    assert "biases" in report.exercises[0].reason  # the checker's hint reaches the teacher
+    assert report.score == 0.5
+
+
+def test_hidden_tests_are_put_back_and_count(tmp_path):
+    """A check that passes is not enough when the solution's hidden tests fail."""
+    sol_dir = tmp_path / "solutions"
+    sol_dir.mkdir()
+    solution = new_notebook(cells=[
+        new_markdown_cell("# 42 · A tiny lesson\nWith enough text to be recognised.", id="m0"),
+        new_code_cell('profile = "default"', id="p0", metadata={"tags": ["parameters"]}),
+        new_code_cell("import course\n\ndef error_rate(logits, labels):\n    ### BEGIN SOLUTION\n"
+                      "    return (logits.argmax(dim=1) != labels).float().mean().item()\n    ### END SOLUTION\n\n"
+                      'course.check("0.1", error_rate)', id="e1"),
+        new_code_cell("print('after the exercise')\n### BEGIN HIDDEN TESTS\n"
+                      "assert error_rate.__name__ == 'a name nobody writes', 'hidden test failed'\n### END HIDDEN TESTS",
+                      id="h1"),
+    ])
+    nbformat.write(solution, sol_dir / "42_tiny.ipynb")
+    lesson = build_lesson(solution)  # the student's copy, solved, lacks the hidden tests
+    lesson.cells[2].source = solution.cells[2].source
+    nbformat.write(lesson, tmp_path / "student.ipynb")
+    report = grade_notebook(tmp_path / "student.ipynb", timeout=120, solutions_dir=sol_dir)
+    assert report.lesson == "42_tiny" and report.verdict == "graded"
+    (ex,) = report.exercises
+    assert not ex.passed and "hidden test failed" in ex.reason, ex
+
+
+def test_a_crash_is_a_verdict_and_what_ran_still_counts(tmp_path, solutions):
+    nb = nbformat.read(SOLUTIONS / "00_welcome.ipynb", as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if 'course.check("0.1"' in c.source)
+    nb.cells.insert(at + 1, new_code_cell("import os\nos._exit(1)  # the kernel dies", id="die"))
+    nb.cells.insert(3, new_code_cell("raise RuntimeError('a broken cell')", id="broken"))  # the rest still runs
+    nbformat.write(nb, tmp_path / "bob.ipynb")
+    report = grade_notebook(tmp_path / "bob.ipynb", timeout=300, solutions=solutions)
+    assert report.verdict == CRASHED and "Kernel died" in report.detail
+    assert report.score == 1.0
+
+
+def test_a_notebook_that_is_not_ours_gets_a_clear_verdict(tmp_path, solutions):
+    foreign = new_notebook(cells=[new_markdown_cell("# My holiday photos"), new_code_cell("print('hi')")])
+    nbformat.write(foreign, tmp_path / "00_welcome.ipynb")  # even under one of our names
+    report = grade_notebook(tmp_path / "00_welcome.ipynb", solutions=solutions)
+    assert report.verdict == NOT_OURS and report.score == 0 and report.exercises == []
+    (tmp_path / "broken.ipynb").write_text("{ not json")
+    assert grade_notebook(tmp_path / "broken.ipynb", solutions=solutions).verdict == UNREADABLE
+    assert grade_notebook(tmp_path / "missing.ipynb", solutions=solutions).verdict == UNREADABLE
+
+
+def test_a_notebook_that_loops_times_out(tmp_path, solutions, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the grader's temporary files go here
+    nb = nbformat.read(LESSONS / "00_welcome.ipynb", as_version=4)
+    nb.cells.insert(3, new_code_cell("while True:\n    pass", id="loop"))
+    nbformat.write(nb, tmp_path / "00_welcome.ipynb")
+    report = grade_notebook(tmp_path / "00_welcome.ipynb", timeout=20, solutions=solutions)
+    assert report.verdict == TIMED_OUT and report.seconds < 60
+    assert report.score == 0 and "not reached" in report.exercises[0].reason
+    assert not _kernels_under(tmp_path), "the kernel outlived the time limit"
+
+
+def test_grade_command_prints_a_gradebook(tmp_path, capsys):
+    (tmp_path / "junk.ipynb").write_text("not a notebook")
+    assert main(["grade", str(tmp_path / "junk.ipynb"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["verdict"] == UNREADABLE and row["score"] == 0 and row["total"] == 0
