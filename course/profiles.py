@@ -28,6 +28,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train.epochs.lenet": 3,
         "train.batch_size": 128,
         # --- 02 probing ---------------------------------------------------------
+        "probing.k": 8,                # top images per direction (the paper's rows of 8)
+        "probing.n_units": 100,        # units per layer scored (None = every live unit)
+        "probing.n_random": 100,       # random directions per layer
         # --- 03 lbfgs -----------------------------------------------------------
         "lbfgs.n_images": 16,          # test images attacked
         "lbfgs.c_init": 10.0,          # largest c of the grid (c·‖r‖² + CE)
@@ -38,8 +41,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lbfgs.max_iter": 50,          # L-BFGS iterations per run
         "lbfgs.history": 10,           # L-BFGS memory (pairs)
         # --- 04 transfer --------------------------------------------------------
+        "transfer.n_images": 16,       # test images attacked per model for Tables 2-4
         # --- 05 stability -------------------------------------------------------
-        "stability.power_iters": 100,  # power iterations checking each FFT conv bound
+        "stability.power_iters": 300,  # power iterations checking each FFT conv bound (100: not 1e-3)
+        "stability.alexnet_dense": False,  # AlexNet's 3 dense layers too (~10-40 s on 2 cores)
         # --- 06/07 evolution ----------------------------------------------------
         "evolution.initial": 20,       # random genomes in the first population
         "evolution.offspring": 20,     # offspring per generation
@@ -47,6 +52,18 @@ PROFILES: dict[str, dict[str, Any]] = {
         "evolution.runs": 1,           # independent seeded runs per encoding
         # --- 08 gradient ascent -------------------------------------------------
         "ascent.steps": 30,            # gradient steps per fooling image
+        # --- 09/10 retraining ---
+        "adv.epochs": 6,               # epochs for every variant of lesson 09 (same for all)
+        "adv.pool_size": 300,          # adversarial examples per pool
+        "adv.refresh": 0.2,            # share of each pool replaced at a refresh
+        "adv.refresh_every": 10,       # batches between refreshes
+        "adv.per_batch": 32,           # pool entries mixed into each batch of train.batch_size
+        "adv.n_attack": 32,            # held-out images attacked to measure robustness
+        "fool.iterations": 2,          # retraining rounds with the fooling class
+        "fool.generations": 10,        # MAP-Elites generations per encoding and iteration
+        "fool.offspring": 20,          # offspring per generation
+        "fool.per_iteration": 300,     # fooling images added per iteration (at most)
+        "fool.epochs": 1,              # fine-tuning epochs per iteration
     },
     "default": {
         "data.n_train": None,
@@ -55,7 +72,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train.epochs.mlp": 30,
         "train.epochs.ae_pretrain": 10,
         "train.epochs.ae": 20,
-        "train.epochs.lenet": 4,
+        "train.epochs.lenet": 6,
         "train.batch_size": 128,
         # 03 lbfgs
         "lbfgs.n_images": 300,
@@ -75,6 +92,25 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ascent.steps": 500,
         # 05 stability
         "stability.power_iters": 300,
+        "stability.alexnet_dense": True,
+        # 04 transfer
+        "transfer.n_images": 300,
+        # 02 probing
+        "probing.k": 8,
+        "probing.n_units": None,
+        "probing.n_random": 500,
+        # 09/10 retraining
+        "adv.epochs": 20,
+        "adv.pool_size": 1000,
+        "adv.refresh": 0.2,
+        "adv.refresh_every": 100,
+        "adv.per_batch": 32,
+        "adv.n_attack": 100,
+        "fool.iterations": 3,
+        "fool.generations": 200,
+        "fool.offspring": 100,
+        "fool.per_iteration": 6000,
+        "fool.epochs": 1,
     },
     "paper": {
         "data.n_train": None,
@@ -103,6 +139,25 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ascent.steps": 500,
         # 05 stability
         "stability.power_iters": 1000,
+        "stability.alexnet_dense": True,
+        # 04 transfer
+        "transfer.n_images": 10000,
+        # 02 probing
+        "probing.k": 8,
+        "probing.n_units": None,
+        "probing.n_random": 1000,
+        # 09/10 retraining
+        "adv.epochs": 30,
+        "adv.pool_size": 10000,
+        "adv.refresh": 0.2,
+        "adv.refresh_every": 50,
+        "adv.per_batch": 32,
+        "adv.n_attack": 1000,
+        "fool.iterations": 15,
+        "fool.generations": 1000,
+        "fool.offspring": 200,
+        "fool.per_iteration": 6000,
+        "fool.epochs": 2,
     },
 }
 

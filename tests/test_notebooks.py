@@ -17,6 +17,28 @@ EXPECTED = {
     "00_welcome": {"data.train_images": (1000, 60000), "data.test_images": (100, 10000),
                    "untrained.test_error": (0.6, 1.0)},
     "01_training_mnist": {f"{m}.{k}": ERRORS for m in T1 for k in ("train_error", "test_error")},
+    "09_adversarial_training": {f"{v}.{k}": rng for v in ("baseline", "dropout", "adv_input", "adv_layers")
+                                for k, rng in (("test_error", ERRORS), ("mean_distortion", (0.01, 0.3)))},
+    "10_fooling_class": {f"iter_{i}.{k}": rng for i in range(3)
+                         for k, rng in (("median_fooling_confidence", (0.0, 1.0)), ("test_error", ERRORS),
+                                        ("classes_at_99", (0, 10)))},
+    # 06-08: ci evolves 20 offspring x 10 generations against a ci LeNet: far below the paper's 99.99%
+    "06_evolving_direct": {"direct.classes_at_99.9": (0, 10), "direct.median_confidence": (1e-4, 1.0),
+                           "direct.generations_to_99.9": (-1, 10), "direct.fc.classes_at_99.9": (0, 10)},
+    "07_evolving_cppn": {"cppn.classes_at_99.9": (0, 10), "cppn.median_confidence": (0.1, 1.0),
+                         "cppn.generations_to_99.9": (-1, 10), "transfer.lenet_seed2.fraction": (0.0, 1.0),
+                         "transfer.fc.fraction": (0.0, 1.0)},
+    "08_gradient_ascent_fooling": {"ascent.fraction_above_0.9999": (0.0, 1.0), "ascent.median_confidence": (0.9, 1.0),
+                                   "ascent.steps_to_0.9999": (-1, 30)},
+    "03_lbfgs_adversarial": {**{f"{m}.success_rate": (0.9, 1.0) for m in T1[:6]},
+                             **{f"{m}.mean_distortion": (0.01, 0.3) for m in T1[:6]},
+                             "noise_same_distortion.accuracy": (0.7, 1.0)},
+    "04_transfer": {**{f"transfer.{a}.{b}.error": ((0.8, 1.0) if a == b else (0.0, 1.0)) for a in T1[:6] for b in T1[:6]},
+                    **{f"noise_{s}.{b}.error": (0.0, 0.7) for s in ("0.1", "0.3") for b in T1[:6]},
+                    "p1p2.raw.fc100_100_10_p1.error": (0.8, 1.0),
+                    **{f"p1p2.{k}.{b}.error": (0.0, 1.0) for k in ("raw", "amplified")
+                       for b in ("fc123_456_10_p1", "fc100_100_10_p2")},
+                    **{f"p1p2.noise_0.1.{b}.error": (0.0, 0.5) for b in ("fc123_456_10_p1", "fc100_100_10_p2")}},
 }
 
 
