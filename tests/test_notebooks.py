@@ -22,6 +22,10 @@ EXPECTED = {
     "10_fooling_class": {f"iter_{i}.{k}": rng for i in range(3)
                          for k, rng in (("median_fooling_confidence", (0.0, 1.0)), ("test_error", ERRORS),
                                         ("classes_at_99", (0, 10)))},
+    "02_semantic_units": {f"{p}{d}.top8_purity": (0.2, 1.0) for p in ("", "lenet.", "fc100_100_10.")
+                          for d in ("unit", "random")},
+    "05_spectral_stability": {"fft_vs_power.max_rel_diff": (0.0, 1e-3), "lenet.layer_bounds": (0.1, 1000.0),
+                              "alexnet.layer_bounds": (0.1, 100.0)},
     # 06-08: ci evolves 20 offspring x 10 generations against a ci LeNet: far below the paper's 99.99%
     "06_evolving_direct": {"direct.classes_at_99.9": (0, 10), "direct.median_confidence": (1e-4, 1.0),
                            "direct.generations_to_99.9": (-1, 10), "direct.fc.classes_at_99.9": (0, 10)},
