@@ -33,21 +33,26 @@ def checkpoint_paths(name: str, config: dict, folder: Path | None = None) -> tup
     return folder / f"{stem}.pt", folder / f"{stem}.json"
 
 
-def save_checkpoint(model: nn.Module, config: dict, info: dict, name: str, folder: Path | None = None) -> Path:
-    """Save ``model``'s weights and ``{config, info}`` atomically; returns the weights' path."""
+def save_object(obj, config: dict, info: dict, name: str, folder: Path | None = None) -> Path:
+    """Save any ``torch.save``-able ``obj`` and ``{config, info}`` atomically; returns the ``.pt`` path."""
     pt, meta = checkpoint_paths(name, config, folder)
     pt.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=pt.parent, prefix=f".{pt.name}.", suffix=".tmp")
     os.close(fd)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     try:
-        torch.save(state, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, pt)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     write_json_atomic(meta, {"config": config, "info": info})
     return pt
+
+
+def save_checkpoint(model: nn.Module, config: dict, info: dict, name: str, folder: Path | None = None) -> Path:
+    """Save ``model``'s weights and ``{config, info}`` atomically; returns the weights' path."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return save_object(state, config, info, name, folder)
 
 
 def _quarantine(path: Path, why: str) -> None:
@@ -58,10 +63,11 @@ def _quarantine(path: Path, why: str) -> None:
             p.replace(p.with_name(p.name + ".corrupt"))
 
 
-def load_checkpoint(model: nn.Module, config: dict, name: str, folder: Path | None = None) -> dict | None:
-    """Load cached weights into ``model`` if a valid checkpoint for ``config`` exists.
+def load_object(config: dict, name: str, folder: Path | None = None, check=None) -> tuple[object, dict] | None:
+    """``(obj, info)`` saved for exactly ``config``, or None when there is nothing usable.
 
-    Returns the saved training ``info`` on success, None when there is nothing usable.
+    ``check(obj)`` may raise to reject what was loaded (wrong shapes, say); a file that fails to
+    load, whose JSON does not match ``config``, or that ``check`` rejects is moved aside with a warning.
     """
     pt, meta = checkpoint_paths(name, config, folder)
     if not pt.exists():
@@ -70,9 +76,19 @@ def load_checkpoint(model: nn.Module, config: dict, name: str, folder: Path | No
         saved = json.loads(meta.read_text())
         if saved.get("config") != json.loads(json.dumps(config, default=str)):
             raise ValueError("its config does not match")
-        state = torch.load(pt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
+        obj = torch.load(pt, map_location="cpu", weights_only=True)
+        if check is not None:
+            check(obj)
     except Exception as e:  # truncated file, wrong shapes, bad JSON, mismatched config
         _quarantine(pt, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
         return None
-    return saved.get("info", {})
+    return obj, saved.get("info", {})
+
+
+def load_checkpoint(model: nn.Module, config: dict, name: str, folder: Path | None = None) -> dict | None:
+    """Load cached weights into ``model`` if a valid checkpoint for ``config`` exists.
+
+    Returns the saved training ``info`` on success, None when there is nothing usable.
+    """
+    loaded = load_object(config, name, folder, check=lambda state: model.load_state_dict(state, strict=True))
+    return None if loaded is None else loaded[1]

@@ -6,6 +6,17 @@ import pytest
 from course.data import cache_root, fetch_mnist
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Many tiny ops: one torch thread is fastest, and does not oversubscribe a shared CI machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def real_raw_dir() -> Path:
     """The user's MNIST raw folder, fetched once if need be (CI fetches it before pytest)."""

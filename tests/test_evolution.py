@@ -12,13 +12,7 @@ from course.evolution.cppn import N_INPUTS, node_depth, reachability
 from course.evolution.direct import bernoulli_positions
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is fastest, and avoids oversubscribing a shared CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed=0):

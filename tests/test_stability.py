@@ -15,13 +15,7 @@ from course.stability import (
 ITERS = 400  # power iterations: small grids keep the spectral gap wide, so this converges
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many tiny ops: extra threads only contend (pytest-xdist already runs a worker per core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _kernel(seed, d=4, c=3, k=3):
