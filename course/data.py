@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path

@@ -130,7 +130,6 @@ def test_cppn_start_and_mutation_invariants():
     enc = CPPNEncoding(shape=(3, 16, 16), max_hidden=6)
     g = gen(3)
     pop = enc.random(64, g)
-    N = enc.n_nodes
     # Start: every input wired to every output, no hidden nodes, weights within ±10.
     assert int(pop["conn"].sum()) == 64 * N_INPUTS * 3 and int(enc.sizes(pop)[0].sum()) == 0
     assert float(pop["weight"].abs().max()) <= 10
@@ -151,7 +150,7 @@ def test_cppn_start_and_mutation_invariants():
 
 
 def test_node_depth_is_longest_path():
-    enc = CPPNEncoding(max_hidden=2)          # slots: 0-3 inputs, 4 output, 5-6 hidden
+    # CPPNEncoding(max_hidden=2) has slots 0-3 inputs, 4 output, 5-6 hidden
     conn = torch.zeros(1, 7, 7, dtype=torch.bool)
     conn[0, 5, 0] = conn[0, 6, 5] = conn[0, 4, 6] = conn[0, 4, 1] = True   # x→h5→h6→out, y→out
     assert node_depth(conn).tolist() == [[0, 0, 0, 0, 3, 1, 2]]
