@@ -8,11 +8,12 @@ from course.train import train_step
 
 
 def test_exercises_are_registered():
-    assert {"0.1", "1.1", "1.2"} <= set(known_exercises())
+    assert {"0.1", "0.2", "1.1", "1.2"} <= set(known_exercises())
 
 
 def test_right_answers_pass(capsys):
     assert course.check("0.1", lambda logits, labels: (logits.argmax(1) != labels).float().mean().item())
+    assert course.check("0.2", lambda raw: raw.float() / 255.0)
     assert course.check("1.1", weight_decay_penalty)
     assert course.check("1.2", train_step)
     assert "✅" in capsys.readouterr().out
@@ -21,6 +22,8 @@ def test_right_answers_pass(capsys):
 @pytest.mark.parametrize("exercise, wrong, hint", [
     ("0.1", lambda lo, la: (lo.argmax(1) == la).float().mean().item(), "accuracy"),
     ("0.1", lambda lo, la: (lo.argmax(1) != la).sum().item(), "count"),
+    ("0.2", lambda raw: raw // 255, "integer"),
+    ("0.2", lambda raw: raw.float() / 256, "255"),
     ("1.1", lambda m, lam: 0.5 * lam * sum(p.pow(2).sum() for p in m.parameters()), "biases"),
     ("1.1", lambda m, lam: lam * sum(p.pow(2).sum() for p in m.parameters() if p.dim() > 1), "λ/2"),
     ("1.2", lambda m, o, x, y, lam: F.cross_entropy(m(x), y).item(), "did not change"),

@@ -37,7 +37,7 @@ def _kernels_under(folder) -> list[int]:
 def test_a_solved_notebook_scores_full_marks(solutions):
     report = grade_notebook(SOLUTIONS / "00_welcome.ipynb", timeout=300, solutions=solutions)
     assert report.lesson == "00_welcome" and report.verdict == "graded"
-    assert [(e.id, e.passed) for e in report.exercises] == [("0.1", True)]
+    assert [(e.id, e.passed) for e in report.exercises] == [("0.1", True), ("0.2", True)]
     assert report.score == 1.0
 
 
@@ -46,7 +46,7 @@ def test_the_unsolved_lesson_scores_zero_without_crashing(tmp_path, solutions):
     submission.write_text((LESSONS / "00_welcome.ipynb").read_text())
     report = grade_notebook(submission, timeout=300, solutions=solutions)
     assert report.lesson == "00_welcome" and report.verdict == "graded"
-    assert report.score == 0.0 and report.total == 1
+    assert report.score == 0.0 and report.total == 2
     assert report.exercises[0].reason == "not attempted"
 
 
@@ -94,7 +94,8 @@ def test_a_crash_is_a_verdict_and_what_ran_still_counts(tmp_path, solutions):
     nbformat.write(nb, tmp_path / "bob.ipynb")
     report = grade_notebook(tmp_path / "bob.ipynb", timeout=300, solutions=solutions)
     assert report.verdict == CRASHED and "Kernel died" in report.detail
-    assert report.score == 1.0
+    assert [(e.id, e.passed) for e in report.exercises] == [("0.1", True), ("0.2", False)]  # 0.2 never ran
+    assert report.score == 0.5
 
 
 def test_a_notebook_that_is_not_ours_gets_a_clear_verdict(tmp_path, solutions):
