@@ -184,6 +184,16 @@ def test_batched_equals_one_image_at_a_time(mnist_fc10):
             assert other.distortion[i].item() == pytest.approx(alone.distortion[0].item(), abs=1e-6)
 
 
+def test_batch_size_default_and_bad_values(mnist_fc10):
+    from course.attacks.lbfgs import default_batch_size
+    assert default_batch_size("cpu") == 256
+    assert default_batch_size(torch.device("cuda", 0)) > default_batch_size("cpu")
+    model, x, y, t = mnist_fc10
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="batch_size"):
+            lbfgs_attack(model, x[:2], t[:2], batch_size=bad, c_steps=1, refine_steps=0, max_iter=2)
+
+
 def test_model_is_left_untouched(mnist_fc10):
     model, x, y, t = mnist_fc10
     before = {k: v.clone() for k, v in model.state_dict().items()}

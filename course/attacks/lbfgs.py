@@ -80,6 +80,12 @@ def _value_and_grad(fun, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Ten
     return f.detach(), g
 
 
+def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products of two (A, D) tensors: (A,). ``(a * b).sum(1)``, which on CPU is about
+    twice as fast as ``torch.linalg.vecdot`` for these shapes."""
+    return torch.mul(a, b).sum(1)
+
+
 def take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows ``idx`` of ``t``: ``t[idx]``, written as ``index_select``, which is several times faster
     on CPU than advanced indexing."""
@@ -96,7 +102,7 @@ def _two_loop(q: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, rho: torch.Tens
     The loops run over the m slots, never over rows: each step is one tensor op on all rows.
     """
     q = q.clone()
-    dot = torch.linalg.vecdot                          # row-wise dot products (A,)
+    dot = rowdot                                       # row-wise dot products (A,)
     alpha = []
     for i in order:                                    # newest → oldest
         a = rho[i] * dot(S[i], q)
@@ -214,7 +220,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         neg_g = torch.mul(g, free).neg_()
         # 2. The quasi-Newton direction on the free variables; scaled steepest descent where it fails.
         d = _two_loop(neg_g, S, Y, rho, gamma, slots).mul_(free)
-        slope = torch.linalg.vecdot(g, d)
+        slope = rowdot(g, d)
         not_descent = (~(slope < 0) & ~frozen).nonzero().squeeze(1)
         if len(not_descent):
             d[not_descent] = take(gamma, not_descent)[:, None] * take(neg_g, not_descent)
@@ -224,7 +230,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         f_new, g_new = _value_and_grad(fun, x_new, rows)
         n_evals, n_rows = n_evals + 1, n_rows + len(rows)
         s = torch.sub(x_new, x, out=S[slot])        # the step, written straight into the ring
-        step_slope = torch.linalg.vecdot(g, s)      # g·(x⁺ − x): the decrease the step promises
+        step_slope = rowdot(g, s)      # g·(x⁺ − x): the decrease the step promises
         noise = 4 * eps * f.abs().clamp_min(1.0)    # a change in f smaller than this is rounding
         rejected = ~(f_new <= f + armijo * step_slope) & ~frozen
         searching = rejected & (-step_slope > noise)
@@ -245,7 +251,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
             ft, gt = _value_and_grad(fun, xt, take(rows, idx))
             n_evals, n_rows = n_evals + 1, n_rows + len(idx)
             si = xt - xi
-            st = torch.linalg.vecdot(take(g, idx), si)
+            st = rowdot(take(g, idx), si)
             x_new[idx], s[idx], f_new[idx], g_new[idx], step_slope[idx] = xt, si, ft, gt, st
             ok = ft <= fx + armijo * st
             gone = ~ok & (-st <= take(noise, idx))
@@ -258,7 +264,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         # 4. Store the curvature pair in the next slot of the ring; where s·y ≤ 0 the slot is
         #    left empty (rho = 0), which keeps H positive definite.
         y = torch.sub(g_new, g, out=Y[slot])
-        sy, yy = torch.linalg.vecdot(s, y), torch.linalg.vecdot(y, y)
+        sy, yy = rowdot(s, y), rowdot(y, y)
         good = (sy > 1e-10 * yy) & ~failed & ~frozen
         rho[slot] = torch.where(good, 1.0 / sy.clamp_min(1e-30), 0.0)
         gamma = torch.where(good, sy / yy.clamp_min(1e-30), gamma)
@@ -268,7 +274,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         x, f, g = x_new, f_new, g_new
         iters += (~failed & ~frozen).long()
         proj = (x - g).clamp_(lo, hi).sub_(x)
-        pg = torch.linalg.vector_norm(proj, float("inf"), dim=1)
+        pg = proj.abs().amax(1)                     # ‖proj‖∞ (vector_norm(inf) is ~10x slower)
         small_decrease = (f_old - f) <= ftol * torch.maximum(f_old.abs(), f.abs()).clamp_min(1.0)
         conv = (((pg <= pgtol) | small_decrease) & ~failed) | stalled
         done = (conv | searching) & ~frozen
@@ -449,6 +455,18 @@ def _attack_chunk(model, x, targets, image_shape, *, c_grid, c_factor, refine_st
     return best_x, success, best_c, iterations, n_evals, n_rows
 
 
+def default_batch_size(device: torch.device | str) -> int:
+    """Images attacked together when ``lbfgs_attack`` is not told: 256 on a CPU, 4096 on a GPU.
+
+    A batch of B images holds B · c_steps problems, each with ``2 · history`` vectors of L-BFGS
+    memory (62 KB per problem for MNIST with 10 pairs). On a 2-core CPU the time per image is flat
+    from about 256 images up (measured: 64 → 8.9 ms, 128 → 7.7, 256 → 6.9, 512 → 7.0 ms per image
+    for FC100-100-10 in the default profile), while the memory keeps growing; a GPU needs thousands
+    of rows to be busy.
+    """
+    return 4096 if torch.device(device).type == "cuda" else 256
+
+
 def lbfgs_attack(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | Sequence[int], *,
                  labels: torch.Tensor | Sequence[int] | None = None, c_init: float = 10.0,
                  c_factor: float = 10.0, c_steps: int = 5, refine_steps: int = 2, refine_points: int = 3,
@@ -468,7 +486,9 @@ def lbfgs_attack(model: nn.Module, images: torch.Tensor, targets: torch.Tensor |
 
     - ``labels`` (optional): the true labels; if given, a target equal to its label is refused.
     - ``batch_size``: images attacked together (each with its ``c_steps`` values of c, so a batch
-      holds ``batch_size · c_steps`` problems); None = all at once.
+      holds ``batch_size · c_steps`` problems); None = chosen from the device by
+      :func:`default_batch_size` (256 on a CPU, 4096 on a GPU), so that 10,000 images never hold
+      gigabytes of L-BFGS history at once.
     - Runs on the device of the model and the images (they must match). A model in training mode is
       switched to eval mode for the attack (dropout off) and every submodule's mode is restored
       afterwards; its parameters are never changed and no gradient is left on them.
@@ -488,7 +508,9 @@ def lbfgs_attack(model: nn.Module, images: torch.Tensor, targets: torch.Tensor |
     image_shape = tuple(images.shape[1:])
     x_all = images.detach().reshape(N, math.prod(image_shape))
     c_grid = c_init * c_factor ** -torch.arange(c_steps, dtype=images.dtype, device=images.device)
-    batch_size = batch_size or max(N, 1)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None (chosen from the device), got {batch_size!r}.")
+    batch_size = batch_size or default_batch_size(images.device)
 
     adv, ok, cs, its = [], [], [], []
     n_evals = n_rows = 0
