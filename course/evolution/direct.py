@@ -55,7 +55,8 @@ def bernoulli_positions(n: int, rate: float, generator: torch.Generator | None =
         rounds.append(last + torch.cumsum(gaps, 0))
         last = int(rounds[-1][-1])
     positions = rounds[0] if len(rounds) == 1 else torch.cat(rounds)
-    return positions[positions < n]
+    # Sorted, so the ones below n are a prefix (a slice is ~10x cheaper than a boolean mask).
+    return positions[: int(torch.searchsorted(positions, n))]
 
 
 def polynomial_mutation(x: torch.Tensor, rate: float, eta: float = 15.0,
@@ -74,7 +75,8 @@ def polynomial_mutation(x: torch.Tensor, rate: float, eta: float = 15.0,
     flat = out.view(-1)
     where = bernoulli_positions(flat.numel(), rate, generator, x.device)
     u = torch.rand(where.shape, generator=generator, device=x.device, dtype=x.dtype)
-    flat[where] = (flat[where] + polynomial_delta(u, eta) * (high - low)).clamp_(low, high)
+    genes = flat.index_select(0, where)  # index_select / index_copy_: faster than flat[where]
+    flat.index_copy_(0, where, genes.add_(polynomial_delta(u, eta).mul_(high - low)).clamp_(low, high))
     return out
 
 

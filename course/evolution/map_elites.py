@@ -34,8 +34,8 @@ Genomes = torch.Tensor | dict  # a tensor, or a dict of tensors, population on a
 def take(genomes: Genomes, index: torch.Tensor) -> Genomes:
     """The genomes at ``index`` (a population of len(index))."""
     if isinstance(genomes, dict):
-        return {k: v[index] for k, v in genomes.items()}
-    return genomes[index]
+        return {k: v.index_select(0, index) for k, v in genomes.items()}
+    return genomes.index_select(0, index)  # several times faster than genomes[index] on CPU
 
 
 def put(dest: Genomes, index: torch.Tensor, src: Genomes) -> None:
