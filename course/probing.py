@@ -23,20 +23,28 @@ from torch import nn
 
 
 def activations(model: nn.Module, layer: str, images: torch.Tensor,
-                batch_size: int = 512) -> torch.Tensor:
+                batch_size: int = 512, *, of: str = "output") -> torch.Tensor:
     """φ(x): the output of the named ``layer`` for every image, flattened to (N, units).
 
     A forward hook on ``dict(model.named_modules())[layer]`` catches the output while the model
     runs on batches of ``images`` (evaluation mode, no gradients). Returned on the CPU.
+    ``of="input"`` catches what goes *into* the layer instead (e.g. the features a last linear
+    layer reads).
     """
     modules = dict(model.named_modules())
     if layer not in modules:
         names = ", ".join(n for n in modules if n)
         raise ValueError(f"No layer {layer!r} in {type(model).__name__}. Layers: {names}.")
+    if of not in ("output", "input"):
+        raise ValueError(f"of must be 'output' or 'input', got {of!r}.")
     device = next(model.parameters()).device
     caught: list[torch.Tensor] = []
-    handle = modules[layer].register_forward_hook(
-        lambda module, inputs, output: caught.append(output.flatten(1).cpu()))
+    if of == "output":
+        handle = modules[layer].register_forward_hook(
+            lambda module, inputs, output: caught.append(output.flatten(1).cpu()))
+    else:
+        handle = modules[layer].register_forward_pre_hook(
+            lambda module, inputs: caught.append(inputs[0].flatten(1).cpu()))
     was_training = model.training
     try:
         model.eval()

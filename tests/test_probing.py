@@ -59,3 +59,12 @@ def test_activations_and_purity_comparison_on_a_tiny_model():
         assert 0.25 <= out[key].item() <= 1.0
     with pytest.raises(ValueError, match="No layer"):
         activations(model, "fc9", images)
+
+
+def test_activations_of_input_is_the_previous_layers_output():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    x = torch.randn(10, 4)
+    torch.testing.assert_close(activations(net, "2", x, batch_size=3, of="input"), activations(net, "1", x))
+    with pytest.raises(ValueError, match="of must be"):
+        activations(net, "2", x, of="weights")

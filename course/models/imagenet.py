@@ -638,29 +638,22 @@ def ascent_lr(model: nn.Module, targets, shape: Sequence[int], rms_step: float =
 # Retraining with a 1001st "fooling" class: fine-tune the last layer only
 # --------------------------------------------------------------------------------------------
 
-def _last_linear(model: nn.Module) -> nn.Linear:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
+def _last_linear_name(model: nn.Module) -> str:
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
         raise TypeError(f"{type(model).__name__} has no nn.Linear output layer.")
-    return linears[-1]
+    return names[-1]
 
 
-@torch.no_grad()
+def _last_linear(model: nn.Module) -> nn.Linear:
+    return dict(model.named_modules())[_last_linear_name(model)]
+
+
 def penultimate_features(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """The inputs of ``model``'s last linear layer for every image: (N, in_features), on the CPU."""
-    last = _last_linear(model)
-    caught = []
-    handle = last.register_forward_pre_hook(lambda m, inputs: caught.append(inputs[0].detach().float().cpu()))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        for s in range(0, len(images), batch_size):
-            model(images[s:s + batch_size].to(device))
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return torch.cat(caught)
+    from course.probing import activations
+
+    return activations(model, _last_linear_name(model), images, batch_size, of="input").float()
 
 
 def fine_tune_fooling_class(model: nn.Module, images, labels: torch.Tensor | None, fooling: torch.Tensor,
