@@ -38,6 +38,17 @@ def test_mix_appends_pool_entries_with_their_labels():
     assert torch.equal(x[4:, 0].long(), y[4:])  # each entry kept its own label
 
 
+def test_put_replaces_as_many_slots_as_it_is_given():
+    pool = AdversarialPool(torch.zeros(10, 2), torch.zeros(10, dtype=torch.long))
+    slots = pool.put((torch.ones(3, 2), torch.full((3,), 7)), torch.Generator().manual_seed(0))
+    assert len(pool) == 10 and len(set(slots.tolist())) == 3
+    assert int(pool.examples.eq(1).all(1).sum()) == 3 and int((pool.labels == 7).sum()) == 3
+    pool.put((torch.ones(0, 2), torch.zeros(0, dtype=torch.long)))  # nothing usable: nothing changes
+    assert int(pool.examples.eq(1).all(1).sum()) == 3
+    with pytest.raises(ValueError, match="do not fit"):
+        pool.put((torch.ones(11, 2), torch.zeros(11, dtype=torch.long)))
+
+
 def test_pool_errors_are_clear():
     pool = AdversarialPool(torch.zeros(10, 3), torch.zeros(10, dtype=torch.long))
     with pytest.raises(ValueError, match="needs 5 fresh"):
@@ -60,9 +71,21 @@ def test_hidden_layer_attack_stays_in_the_sigmoid_box():
     torch.manual_seed(0)
     model = build_model("fc100_100_10").eval()
     data = _data(8)
-    ex, y, ok = fresh_adversarial(model, data.images, data.labels, layer=2, generator=torch.Generator().manual_seed(0))
+    ex, y, ok, dist = fresh_adversarial(model, data.images, data.labels, layer=2,
+                                        generator=torch.Generator().manual_seed(0))
     assert ex.shape == (8, 100) and torch.equal(y, data.labels) and ok.dtype == torch.bool
     assert float(ex.min()) >= 0.0 and float(ex.max()) <= 1.0
+    h = activations_at(model, data.images, 2)
+    assert torch.allclose(dist, (ex - h).pow(2).mean(1).sqrt(), atol=1e-5)
+
+
+def test_robustness_attacks_a_hidden_layer():
+    from course.retraining import robustness
+    torch.manual_seed(0)
+    model = build_model("fc100_100_10").eval()
+    data = _data(6)
+    res = robustness(model, data.images, data.labels, layer=1, seed=0, c_steps=2, refine_steps=0, max_iter=10)
+    assert res.adversarial.shape == (6, 100) and res.distortion.shape == (6,)
 
 
 # --- adversarial training -----------------------------------------------------------------------
@@ -92,6 +115,43 @@ def test_adversarial_training_resumes_to_the_same_result(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_only_successful_examples_within_the_bound_enter_the_pool(monkeypatch):
+    """Failed attacks and examples farther than max_distortion are dropped (they would be label noise)."""
+    import course.retraining.adversarial as adv
+
+    def fake(model, images, labels, layer=0, generator=None, attack=None, n_classes=10):
+        n = len(images)
+        dist = torch.rand(n, generator=generator) * 0.2
+        success = torch.rand(n, generator=generator) < 0.7
+        # every pixel of an example holds its distortion; a failed attempt holds 0.99 instead
+        value = torch.where(success, dist, torch.full_like(dist, 0.99))
+        return value.view(n, 1, 1, 1).expand(n, 1, 28, 28).clone(), labels, success, dist
+
+    monkeypatch.setattr(adv, "fresh_adversarial", fake)
+    torch.manual_seed(0)
+    res = adversarial_training(build_model("fc100_100_10"), _data(256), epochs=3, layers=(0,), pool_size=40,
+                               refresh=0.5, refresh_every=2, per_batch=8, warmup=1, batch_size=64,
+                               max_distortion=0.05, progress=False)
+    pool = res.pools[0]
+    assert len(pool) == 40  # filled in several rounds: only about 0.7 · 0.25 of the attempts are usable
+    assert float(pool.examples.max()) <= 0.05
+    row = res.history[-1]
+    assert 0.5 < row["attack_success"] < 0.9 and 0.05 < row["pool_kept"] < 0.3
+    # without a bound every successful attempt is used, failures still are not
+    torch.manual_seed(0)
+    res = adversarial_training(build_model("fc100_100_10"), _data(256), epochs=2, layers=(0,), pool_size=40,
+                               refresh=0.5, refresh_every=2, per_batch=8, warmup=1, batch_size=64, progress=False)
+    assert float(res.pools[0].examples.max()) <= 0.2 and float(res.pools[0].examples.max()) > 0.05
+
+
+def test_a_bound_no_attack_meets_is_a_clear_error():
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="cannot be filled"):
+        adversarial_training(build_model("fc100_100_10"), _data(64), epochs=2, layers=(0,), pool_size=8,
+                             per_batch=4, warmup=1, batch_size=32, attack={"max_iter": 3},
+                             max_distortion=1e-9, progress=False)
+
+
 def test_adversarial_training_bad_inputs(tmp_path):
     model = build_model("fc100_100_10")
     with pytest.raises(ValueError, match="larger than the training set"):
@@ -102,6 +162,11 @@ def test_adversarial_training_bad_inputs(tmp_path):
         adversarial_training(build_model("lenet"), _data(20), epochs=1, layers=(1,), pool_size=5, progress=False)
     with pytest.raises(ValueError, match="epochs"):
         adversarial_training(model, _data(20), epochs=0, progress=False)
+    with pytest.raises(ValueError, match="max_distortion must be positive"):
+        adversarial_training(model, _data(20), epochs=1, pool_size=5, max_distortion=-0.1, progress=False)
+    with pytest.raises(ValueError, match="no pool"):
+        adversarial_training(model, _data(20), epochs=1, layers=(0,), pool_size=5, max_distortion={1: 0.1},
+                             progress=False)
 
 
 # --- the fooling class ---------------------------------------------------------------------------

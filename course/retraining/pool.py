@@ -6,6 +6,7 @@ grow stale), and every training batch has a few pool entries *mixed* in::
 
     pool = AdversarialPool(adv_images, labels)        # labels: the TRUE classes of the originals
     pool.replace(0.2, (fresh_images, fresh_labels))   # 20% of the slots, chosen at random
+    pool.put((some_images, their_labels))             # as many random slots as there are examples
     x, y = pool.mix(batch_x, batch_y, k=32)           # the batch plus 32 pool entries
 
 The entries can be images or hidden activations (any shape after the first axis): the per-layer
@@ -53,12 +54,26 @@ class AdversarialPool:
         if len(fx) < n or len(fy) < n:
             raise ValueError(f"Replacing {fraction:.0%} of a pool of {len(self)} needs {n} fresh examples, "
                              f"got {len(fx)}.")
+        return self.put((fx[:n], fy[:n]), generator)
+
+    def put(self, fresh, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Overwrite ``len(fresh examples)`` distinct slots, drawn at random, with all of ``fresh``.
+
+        For a refresh where only some attacks gave usable examples: the pool takes as many as there
+        are (at most its size) and keeps its size. Returns the indices of the replaced slots.
+        """
+        fx, fy = fresh
+        if len(fx) != len(fy):
+            raise ValueError(f"One label per fresh example: {len(fx)} examples, {len(fy)} labels.")
+        if len(fx) > len(self):
+            raise ValueError(f"{len(fx)} fresh examples do not fit a pool of {len(self)}.")
         if tuple(fx.shape[1:]) != tuple(self.examples.shape[1:]):
             raise ValueError(f"Fresh examples of shape {tuple(fx.shape[1:])} do not fit a pool of "
                              f"{tuple(self.examples.shape[1:])}.")
+        n = len(fx)
         slots = torch.randperm(len(self), generator=generator)[:n].to(self.examples.device)
-        self.examples[slots] = fx[:n].detach().to(self.examples)
-        self.labels[slots] = fy[:n].to(self.labels)
+        self.examples[slots] = fx.detach().to(self.examples)
+        self.labels[slots] = fy.to(self.labels)
         return slots
 
     def sample(self, k: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
