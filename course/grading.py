@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
+import psutil
 
 from .lessons import BEGIN_HIDDEN, END_HIDDEN, build_lesson, repo_root, strip_blocks
 
@@ -218,8 +218,6 @@ def prepare(submission: nbformat.NotebookNode, solution: _Solution) -> tuple[nbf
 def _kill_tree(pid: int) -> None:
     """End a process and everything it started (the kernel lives in a session of its own)."""
     try:
-        import psutil
-
         parent = psutil.Process(pid)
         procs = parent.children(recursive=True) + [parent]
         for p in procs:
@@ -228,8 +226,6 @@ def _kill_tree(pid: int) -> None:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(procs, timeout=10)
-    except ImportError:
-        os.killpg(pid, signal.SIGKILL)  # the kernel then exits when it sees its parent gone
     except Exception:
         pass
 

@@ -70,6 +70,16 @@ def random_targets(labels: torch.Tensor, n_classes: int, generator: torch.Genera
     return (labels + shift) % n_classes
 
 
+def attack_at(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+              layer: int = 0, **settings) -> AttackResult:
+    """The L-BFGS attack at ``layer``: on the pixels (0), or on hidden layer ℓ's outputs, with the
+    layers above ℓ as the network (``adversarial`` then holds activation vectors)."""
+    if layer == 0:
+        return lbfgs_attack(model, images, targets, labels=labels, **settings)
+    h = activations_at(model, images, layer)
+    return lbfgs_attack(LayersAbove(model, layer), h, targets, labels=labels, **settings)
+
+
 def fresh_adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layer: int = 0,
                       generator: torch.Generator | None = None, attack: dict | None = None,
                       n_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,13 +89,8 @@ def fresh_adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     activation vectors otherwise), the *true* labels to train them toward, which runs reached their
     target, and each example's distortion √(mean r²) (over pixels, or over the layer's units).
     """
-    attack = {**TRAINING_ATTACK, **(attack or {})}
     targets = random_targets(labels, n_classes, generator)
-    if layer == 0:
-        res = lbfgs_attack(model, images, targets, labels=labels, **attack)
-    else:
-        h = activations_at(model, images, layer)
-        res = lbfgs_attack(LayersAbove(model, layer), h, targets, labels=labels, **attack)
+    res = attack_at(model, images, targets, labels, layer, **{**TRAINING_ATTACK, **(attack or {})})
     return res.adversarial, labels, res.success, res.distortion
 
 
@@ -309,8 +314,4 @@ def robustness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     """
     device = next(model.parameters()).device
     targets = random_targets(labels, n_classes, torch.Generator().manual_seed(seed)).to(device)
-    images, labels = images.to(device), labels.to(device)
-    if layer == 0:
-        return lbfgs_attack(model, images, targets, labels=labels, **settings)
-    h = activations_at(model, images, layer)
-    return lbfgs_attack(LayersAbove(model, layer), h, targets, labels=labels, **settings)
+    return attack_at(model, images.to(device), targets, labels.to(device), layer, **settings)
