@@ -47,6 +47,31 @@ class TwoClassLinear(nn.Module):
 
 # --- the optimiser --------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_two_loop_equals_the_tensor_version(dtype):
+    """The numba two-loop (CPU) computes the same H q as the tensor recursion, for any slot order."""
+    pytest.importorskip("numba")
+    from course.attacks import two_loop_cpu
+    from course.attacks.lbfgs import _two_loop
+
+    g = torch.Generator().manual_seed(0)
+    m, A, D = 5, 7, 33
+    q = torch.randn(A, D, generator=g, dtype=dtype)
+    S = torch.randn(m, A, D, generator=g, dtype=dtype)
+    Y = S * 2 + 0.1 * torch.randn(m, A, D, generator=g, dtype=dtype)   # s·y > 0: a valid memory
+    rho = 1 / (S * Y).sum(2)
+    rho[1, :3] = 0.0                                                  # some empty slots
+    gamma = torch.rand(A, generator=g, dtype=dtype) + 0.5
+    assert two_loop_cpu.available(q, S, Y, rho, gamma)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for order in ([], [2], [4, 3, 2, 1, 0], [1, 0, 4, 3, 2]):
+        want = _two_loop(q, S, Y, rho, gamma, order)
+        got = two_loop_cpu.two_loop(q, S, Y, rho, gamma, order)
+        assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max()), order
+    assert not two_loop_cpu.available(q, S.transpose(1, 2).contiguous().transpose(1, 2), Y, rho, gamma)
+    assert not two_loop_cpu.available(q.float() if dtype == torch.float64 else q.double(), S, Y, rho, gamma)
+
+
 def test_lbfgsb_separable_quadratic_with_active_bounds():
     """min Σ h_i (x_i − a_i)² over a box: the answer is a clipped into the box."""
     g = torch.Generator().manual_seed(0)

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import two_loop_cpu
+
 
 # ---------------------------------------------------------------------------------------------
 # The optimiser: projected L-BFGS for a batch of independent bound-constrained problems
@@ -124,8 +126,9 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
     ``fun(x, rows)`` takes a batch ``x`` (A, D) and the indices ``rows`` (A,) of the problems those
     rows belong to and returns their A values, a tensor (A,). Problems that have finished are
     dropped from the batch, and a line search re-evaluates only the problems still searching, so
-    ``rows`` is a subset of ``range(B)``: fun must pick its per-problem constants with it
-    (``c[rows]``, ``targets[rows]``). Gradients come from autograd. ``lower``/``upper`` are numbers
+    ``rows`` is a subset of ``range(B)``, in increasing order (so all B of them means every
+    problem, in order): fun must pick its per-problem constants with it (``c[rows]``,
+    ``targets[rows]``). Gradients come from autograd. ``lower``/``upper`` are numbers
     or tensors (D,): one box, shared by all problems.
 
     The method is a *projected* L-BFGS (Bertsekas' two-metric projection with the L-BFGS metric):
@@ -139,8 +142,14 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
        with a t from a quadratic fit of f along the step (kept in [0.1 t, 0.5 t]), until Armijo's
        condition ``f(x⁺) ≤ f(x) + armijo · g·(x⁺ − x)`` holds. Each problem has its own t; only the
        problems still searching are evaluated again.
-    4. The pair ``(s, y) = (x⁺ − x, g⁺ − g)`` is stored when ``s·y > 0`` (else an empty slot),
-       which keeps H positive definite.
+    4. The pair ``(s, y) = (x⁺ − x, (g⁺ − g) on the free variables)`` is stored when ``s·y > 0``
+       (else an empty slot), which keeps H positive definite. H models the curvature of the
+       free variables only: an active variable does not move (its s is 0), but its gradient can
+       change a lot, and leaving that change in y inflates ``y·y`` and so shrinks ``γ`` and every
+       step. (Masking y this way took 20% fewer evaluations on the MNIST attack, same minima.)
+
+    On a CPU with numba installed the two-loop recursion runs compiled, one problem at a time
+    (:mod:`course.attacks.two_loop_cpu`); elsewhere it is tensor ops over the whole batch.
 
     A problem stops when its projected gradient ``‖clip(x − g) − x‖∞ ≤ pgtol`` or its value
     decreases by less than ``ftol · max(|f|, |f⁺|, 1)`` (scipy's L-BFGS-B uses the same two tests,
@@ -182,7 +191,13 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
     x = x_out.clone()
     f, g = _value_and_grad(fun, x, rows)
     n_evals, n_rows = 1, B
-    S, Y = x.new_zeros(history, B, D), x.new_zeros(history, B, D)  # ring buffer of (s, y) pairs
+    # The ring buffer of (s, y) pairs, S and Y (m, A, D). When the batch shrinks they are copied
+    # into a second pair of buffers, and back at the next shrink (ping-pong): two allocations in
+    # all, not one per shrink (fresh tens of megabytes cost page faults, about as much as an
+    # evaluation).
+    # (Uninitialised: a slot is read only once `slots` lists it, and by then every row has written it.)
+    buffers = [(x.new_empty(history * B * D), x.new_empty(history * B * D))]  # flat storage
+    S, Y = (b.view(history, B, D) for b in buffers[0])
     rho = x.new_zeros(history, B)                                   # 1 / (s·y), 0 in an empty slot
     gamma = 1.0 / g.norm(dim=1).clamp_min(1e-12)  # before any pair: a first step of length ≤ 1
     slots: list[int] = []                         # filled slots, newest first (the same for all rows)
@@ -212,14 +227,21 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
                 rows, x, f, g = take(rows, keep), take(x, keep), take(f, keep), take(g, keep)
                 proj, iters, gamma = take(proj, keep), take(iters, keep), take(gamma, keep)
                 frozen = take(frozen, keep)
-                S, Y, rho = S.index_select(1, keep), Y.index_select(1, keep), rho.index_select(1, keep)
+                if len(buffers) == 1:
+                    buffers.append(tuple(torch.empty_like(b) for b in buffers[0]))
+                buffers.reverse()                   # copy into the pair not in use
+                size = (history, len(keep), D)      # the buffers' first m·A'·D entries
+                S = torch.index_select(S, 1, keep, out=buffers[0][0][:math.prod(size)].view(size))
+                Y = torch.index_select(Y, 1, keep, out=buffers[0][1][:math.prod(size)].view(size))
+                rho = rho.index_select(1, keep)
 
         # 1. Free variables: those a projected gradient step moves, i.e. not on a bound with the
         #    gradient pushing outward. (A 0/1 float mask: masks are used by multiplying.)
         free = proj.sign().abs_()
         neg_g = torch.mul(g, free).neg_()
         # 2. The quasi-Newton direction on the free variables; scaled steepest descent where it fails.
-        d = _two_loop(neg_g, S, Y, rho, gamma, slots).mul_(free)
+        two_loop = two_loop_cpu.two_loop if two_loop_cpu.available(neg_g, S, Y, rho, gamma) else _two_loop
+        d = two_loop(neg_g, S, Y, rho, gamma, slots).mul_(free)
         slope = rowdot(g, d)
         not_descent = (~(slope < 0) & ~frozen).nonzero().squeeze(1)
         if len(not_descent):
@@ -263,7 +285,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
             x_new[back], g_new[back], f_new[back], s[back] = take(x, back), take(g, back), take(f, back), 0.0
         # 4. Store the curvature pair in the next slot of the ring; where s·y ≤ 0 the slot is
         #    left empty (rho = 0), which keeps H positive definite.
-        y = torch.sub(g_new, g, out=Y[slot])
+        y = torch.sub(g_new, g, out=Y[slot]).mul_(free)  # the free variables' change (step 4)
         sy, yy = rowdot(s, y), rowdot(y, y)
         good = (sy > 1e-10 * yy) & ~failed & ~frozen
         rho[slot] = torch.where(good, 1.0 / sy.clamp_min(1e-30), 0.0)
@@ -324,10 +346,12 @@ def attack_objective(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, c
     :func:`lbfgsb_batched` wants.
     """
     def fun(x_adv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        r = x_adv - take(x, rows)
+        # rows is a sorted subset of range(len(x)): all of it means the rows in order, no copy.
+        pick = (lambda t: t) if len(rows) == len(x) else (lambda t: take(t, rows))
+        r = x_adv - pick(x)
         logits = model(x_adv.view(len(x_adv), *image_shape))
-        ce = F.cross_entropy(logits, take(targets, rows), reduction="none")
-        return take(c, rows) * (r * r).sum(1) + ce
+        ce = F.cross_entropy(logits, pick(targets), reduction="none")
+        return pick(c) * (r * r).sum(1) + ce
 
     return fun
 
