@@ -117,10 +117,20 @@ def _two_loop(q: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, rho: torch.Tens
     return r
 
 
+def _buffers(workspace: list, n: int, size: int, like: torch.Tensor) -> list[torch.Tensor]:
+    """``n`` flat uninitialised tensors of at least ``size`` entries like ``like``, the ones kept in
+    ``workspace`` if they fit (else new ones, which replace them there)."""
+    fits = len(workspace) >= n and all(b.numel() >= size and b.dtype == like.dtype and b.device == like.device
+                                       for b in workspace[:n])
+    if not fits:
+        workspace[:n] = [like.new_empty(size) for _ in range(n)]
+    return list(workspace[:n])
+
+
 def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
                    lower: float | torch.Tensor, upper: float | torch.Tensor, max_iter: int = 100,
                    history: int = 10, *, ftol: float = 2.2e-9, pgtol: float = 1e-5, max_ls: int = 20,
-                   armijo: float = 1e-4) -> LBFGSBResult:
+                   armijo: float = 1e-4, workspace: list | None = None) -> LBFGSBResult:
     """Minimise B independent functions under bounds ``lower ≤ x ≤ upper``, all at once.
 
     ``fun(x, rows)`` takes a batch ``x`` (A, D) and the indices ``rows`` (A,) of the problems those
@@ -150,6 +160,10 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
 
     On a CPU with numba installed the two-loop recursion runs compiled, one problem at a time
     (:mod:`course.attacks.two_loop_cpu`); elsewhere it is tensor ops over the whole batch.
+
+    ``workspace``, optional: a list in which the L-BFGS memory buffers are kept, to be reused by
+    the next call given the same list (an attack runs several in a row): fresh buffers of tens of
+    megabytes cost page faults, about as much as an evaluation. Anything in it may be overwritten.
 
     A problem stops when its projected gradient ``‖clip(x − g) − x‖∞ ≤ pgtol`` or its value
     decreases by less than ``ftol · max(|f|, |f⁺|, 1)`` (scipy's L-BFGS-B uses the same two tests,
@@ -192,12 +206,11 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
     f, g = _value_and_grad(fun, x, rows)
     n_evals, n_rows = 1, B
     # The ring buffer of (s, y) pairs, S and Y (m, A, D). When the batch shrinks they are copied
-    # into a second pair of buffers, and back at the next shrink (ping-pong): two allocations in
-    # all, not one per shrink (fresh tens of megabytes cost page faults, about as much as an
-    # evaluation).
+    # into a second pair of buffers, and back at the next shrink (ping-pong): four flat buffers
+    # in all, from `workspace` when it has them, not an allocation per shrink.
     # (Uninitialised: a slot is read only once `slots` lists it, and by then every row has written it.)
-    buffers = [(x.new_empty(history * B * D), x.new_empty(history * B * D))]  # flat storage
-    S, Y = (b.view(history, B, D) for b in buffers[0])
+    buffers = _buffers(workspace if workspace is not None else [], 4, history * B * D, x)
+    S, Y = (b[:history * B * D].view(history, B, D) for b in buffers[:2])
     rho = x.new_zeros(history, B)                                   # 1 / (s·y), 0 in an empty slot
     gamma = 1.0 / g.norm(dim=1).clamp_min(1e-12)  # before any pair: a first step of length ≤ 1
     slots: list[int] = []                         # filled slots, newest first (the same for all rows)
@@ -227,12 +240,10 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
                 rows, x, f, g = take(rows, keep), take(x, keep), take(f, keep), take(g, keep)
                 proj, iters, gamma = take(proj, keep), take(iters, keep), take(gamma, keep)
                 frozen = take(frozen, keep)
-                if len(buffers) == 1:
-                    buffers.append(tuple(torch.empty_like(b) for b in buffers[0]))
-                buffers.reverse()                   # copy into the pair not in use
+                buffers = buffers[2:] + buffers[:2]  # copy into the pair not in use
                 size = (history, len(keep), D)      # the buffers' first m·A'·D entries
-                S = torch.index_select(S, 1, keep, out=buffers[0][0][:math.prod(size)].view(size))
-                Y = torch.index_select(Y, 1, keep, out=buffers[0][1][:math.prod(size)].view(size))
+                S = torch.index_select(S, 1, keep, out=buffers[0][:math.prod(size)].view(size))
+                Y = torch.index_select(Y, 1, keep, out=buffers[1][:math.prod(size)].view(size))
                 rho = rho.index_select(1, keep)
 
         # 1. Free variables: those a projected gradient step moves, i.e. not on a bound with the
@@ -405,20 +416,21 @@ def _check_inputs(model: nn.Module, images: torch.Tensor, targets,
     return targets, labels
 
 
-def _run(model, x, targets, c, image_shape, max_iter, history, ftol, pgtol, start=None):
+def _run(model, x, targets, c, image_shape, max_iter, history, ftol, pgtol, start=None, workspace=None):
     """Minimise the objective for each row (clean image, target, c), starting at ``start`` (default:
     the clean image); return x', success, and the optimiser's result."""
     fun = attack_objective(model, x, targets, c, image_shape)
     x0 = x if start is None else start
-    res = lbfgsb_batched(fun, x0, 0.0, 1.0, max_iter, history, ftol=ftol, pgtol=pgtol)
+    res = lbfgsb_batched(fun, x0, 0.0, 1.0, max_iter, history, ftol=ftol, pgtol=pgtol, workspace=workspace)
     with torch.no_grad():
         hit = model(res.x.view(len(x), *image_shape)).argmax(1) == targets
     return res.x, hit, res
 
 
 def _attack_chunk(model, x, targets, image_shape, *, c_grid, c_factor, refine_steps, refine_points,
-                  warm_start, max_iter, history, ftol, pgtol):
-    """The attack for one batch of images x (B, D): the grid of c, then geometric bisection."""
+                  warm_start, max_iter, history, ftol, pgtol, workspace=None):
+    """The attack for one batch of images x (B, D): the grid of c, then geometric bisection.
+    ``workspace``: a list for the optimiser's buffers, shared by all its runs."""
     B, D = x.shape
     K = len(c_grid)
     ar = torch.arange(B, device=x.device)
@@ -427,7 +439,7 @@ def _attack_chunk(model, x, targets, image_shape, *, c_grid, c_factor, refine_st
     # Stage 1: every image with every c of the grid, as one batch of B·K problems (image-major).
     cs = c_grid.repeat(B)                                           # (B·K,)
     xa, hit, res = _run(model, x.repeat_interleave(K, 0), targets.repeat_interleave(K), cs,
-                        image_shape, max_iter, history, ftol, pgtol)
+                        image_shape, max_iter, history, ftol, pgtol, workspace=workspace)
     n_evals, n_rows = res.n_evals, res.n_rows
     xa, hit, cs = xa.view(B, K, D), hit.view(B, K), cs.view(B, K)
     iterations = res.iterations.view(B, K).sum(1)
@@ -456,7 +468,8 @@ def _attack_chunk(model, x, targets, image_shape, *, c_grid, c_factor, refine_st
         c_try = lo * (hi / lo) ** frac                                         # (L, P), increasing
         start = x_ok[live].repeat_interleave(P, 0) if warm_start else None
         xm, hm, res = _run(model, x[live].repeat_interleave(P, 0), targets[live].repeat_interleave(P),
-                           c_try.reshape(-1), image_shape, max_iter, history, ftol, pgtol, start)
+                           c_try.reshape(-1), image_shape, max_iter, history, ftol, pgtol, start,
+                           workspace=workspace)
         n_evals, n_rows = n_evals + res.n_evals, n_rows + res.n_rows
         iterations[live] += res.iterations.view(L, P).sum(1)
         xm, hm = xm.view(L, P, D), hm.view(L, P)
@@ -537,6 +550,7 @@ def lbfgs_attack(model: nn.Module, images: torch.Tensor, targets: torch.Tensor |
     batch_size = batch_size or default_batch_size(images.device)
 
     adv, ok, cs, its = [], [], [], []
+    workspace: list = []  # the optimiser's buffers, reused by every run of every chunk
     n_evals = n_rows = 0
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -545,7 +559,8 @@ def lbfgs_attack(model: nn.Module, images: torch.Tensor, targets: torch.Tensor |
             bx, bok, bc, bit, ne, nr = _attack_chunk(
                 model, x_all[s:s + batch_size], targets[s:s + batch_size], image_shape, c_grid=c_grid,
                 c_factor=c_factor, refine_steps=refine_steps, refine_points=refine_points,
-                warm_start=warm_start, max_iter=max_iter, history=history, ftol=ftol, pgtol=pgtol)
+                warm_start=warm_start, max_iter=max_iter, history=history, ftol=ftol, pgtol=pgtol,
+                workspace=workspace)
             adv.append(bx), ok.append(bok), cs.append(bc), its.append(bit)
             n_evals, n_rows = n_evals + ne, n_rows + nr
     finally:
