@@ -98,7 +98,9 @@ def ribs_seconds_per_generation(model, encoding: DirectEncoding, generations: in
         archives = new_archives()
         insert(archives, encoding.random(offspring, g))
         for gen in range(1, gens + 1):
-            insert(archives, encoding.mutate(torch.from_numpy(parents(archives)), g, gen))
+            # sample_elites returns a fresh copy (fancy indexing), so mutate it in place, as ours
+            # mutates its freshly gathered parents (DirectEncoding.mutate_).
+            insert(archives, encoding.mutate_(torch.from_numpy(parents(archives)), g, gen))
         return archives
 
     run(2)  # warm-up (numba compiles)

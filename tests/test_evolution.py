@@ -9,7 +9,7 @@ from torch import nn
 from course.evolution import (Archive, CPPNEncoding, DirectEncoding, EmptyArchiveError, expected_abs_delta,
                               map_elites, polynomial_delta, polynomial_mutation, render_reference)
 from course.evolution.cppn import N_INPUTS, node_depth, reachability
-from course.evolution.direct import bernoulli_positions
+from course.evolution.direct import bernoulli_positions, polynomial_mutation_
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,6 +77,46 @@ def test_polynomial_mutation_rate_and_spread():
     assert float(w.abs().mean()) == pytest.approx(20 / 17, rel=0.03)
     with pytest.raises(ValueError, match="probability"):
         polynomial_mutation(x, 1.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mutation_arithmetic_is_the_reference_formulas_bit_for_bit(dtype):
+    """The in-place implementations give the very bits of the plain formulas (seeded runs are
+    quoted in the lessons), signed zeros included."""
+    g = gen(3)
+    u = torch.cat([torch.rand(50_000, generator=g, dtype=dtype),
+                   torch.tensor([0.0, 0.25, 0.5, 0.5 - 1e-8, 0.75, 1 - 1e-8], dtype=dtype)])
+    for eta in (0.0, 1.0, 15.0, 20.0):
+        v = torch.minimum(u, 1.0 - u)
+        step = 1.0 - (2.0 * v).pow(1.0 / (eta + 1.0))
+        ref = torch.where(u < 0.5, -step, step)
+        d = polynomial_delta(u, eta)
+        assert torch.equal(d, ref) and torch.equal(d.signbit(), ref.signbit())
+    for n, rate, seed in [(156_800, 0.1, 0), (1000, 0.01, 1), (30, 0.5, 2)]:
+        g = gen(seed)
+        log_q, k = math.log1p(-rate), int(n * rate + 6 * math.sqrt(n * rate) + 16)
+        rounds, last = [], -1
+        while last < n - 1:
+            r = torch.rand(k, generator=g, dtype=torch.float64)
+            rounds.append(last + torch.cumsum((torch.log1p(-r) / log_q).floor_().long() + 1, 0))
+            last = int(rounds[-1][-1])
+        ref = torch.cat(rounds)
+        assert torch.equal(bernoulli_positions(n, rate, gen(seed)), ref[ref < n])
+
+
+def test_in_place_mutation_is_the_copying_one():
+    x = torch.rand(20, 1, 28, 28, generator=gen(1))
+    for kw in (dict(rate=0.1), dict(rate=0.7, eta=3.0, low=-1.0, high=2.0)):
+        y = polynomial_mutation(x, generator=gen(2), **kw)
+        z = x.clone()
+        assert polynomial_mutation_(z, generator=gen(2), **kw) is z and torch.equal(y, z)
+    enc = DirectEncoding(halving_every=5)
+    z = x.clone()
+    assert torch.equal(enc.mutate(x, gen(4), 12), enc.mutate_(z, gen(4), 12)) and not torch.equal(x, z)
+    with pytest.raises(ValueError, match="contiguous"):
+        polynomial_mutation_(x.transpose(2, 3), 0.1)
+    with pytest.raises(ValueError, match="probability"):
+        polynomial_mutation_(x, 1.5)
 
 
 def test_direct_encoding_shapes_rate_and_halving():

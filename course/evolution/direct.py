@@ -28,10 +28,26 @@ def polynomial_delta(u: torch.Tensor, eta: float) -> torch.Tensor:
 
     The two branches are mirror images, so one power does: with v = min(u, 1 − u),
     δ = ∓(1 − (2v)^(1/(η+1))), negative for u < 0.5.
+
+    Computed in place in one scratch tensor (``u`` is untouched): the same floating-point
+    operations as the formula, so the same bits, with fewer temporaries. 1 − p is written
+    −p + 1 (IEEE subtraction *is* adding the negation), and the sign is copied from u − 0.5,
+    which is negative exactly when u < 0.5 (step ≥ +0, so a zero step becomes −0 there, as −step).
     """
-    v = torch.minimum(u, 1.0 - u)
-    step = 1.0 - (2.0 * v).pow(1.0 / (eta + 1.0))
-    return torch.where(u < 0.5, -step, step)
+    step = torch.rsub(u, 1.0)                                  # 1 − u
+    torch.minimum(u, step, out=step)                           # v
+    step.mul_(2.0).pow_(1.0 / (eta + 1.0)).neg_().add_(1.0)    # 1 − (2v)^(1/(η+1)) ≥ 0
+    return step.copysign_(u - 0.5)
+
+
+def _geometric_gaps(k: int, log_q: float, generator, device) -> torch.Tensor:
+    """``k`` geometric gaps ``1 + ⌊log U / log q⌋`` (int64), drawn as ``1 − u`` for u ~ U[0, 1).
+
+    1 − u is in (0, 1]: no log(0). The quotient is ≥ 0, so the conversion's truncation is the
+    floor. The float64 steps are in place on the one draw.
+    """
+    u = torch.rand(k, generator=generator, device=device, dtype=torch.float64)
+    return u.neg_().log1p_().div_(log_q).long().add_(1)
 
 
 def bernoulli_positions(n: int, rate: float, generator: torch.Generator | None = None,
@@ -50,9 +66,7 @@ def bernoulli_positions(n: int, rate: float, generator: torch.Generator | None =
     k = int(n * rate + 6 * math.sqrt(n * rate) + 16)  # 6σ more gaps than expected
     rounds, last = [], -1
     while last < n - 1:  # almost always a single round
-        u = torch.rand(k, generator=generator, device=device, dtype=torch.float64)
-        gaps = (torch.log1p(-u) / log_q).floor_().long() + 1  # 1 - u is in (0, 1]: no log(0)
-        rounds.append(last + torch.cumsum(gaps, 0))
+        rounds.append(_geometric_gaps(k, log_q, generator, device).cumsum_(0).add_(last))
         last = int(rounds[-1][-1])
     positions = rounds[0] if len(rounds) == 1 else torch.cat(rounds)
     # Sorted, so the ones below n are a prefix (a slice is ~10x cheaper than a boolean mask).
@@ -67,16 +81,40 @@ def polynomial_mutation(x: torch.Tensor, rate: float, eta: float = 15.0,
     Returns a new tensor; ``x`` is untouched. ``generator`` (on ``x``'s device) makes it
     reproducible. Only the entries that mutate draw a δ (see :func:`bernoulli_positions`).
     """
+    _check_mutation(rate, eta)
+    return _mutate_flat_(x.clone(memory_format=torch.contiguous_format), rate, eta, generator, low, high)
+
+
+def polynomial_mutation_(x: torch.Tensor, rate: float, eta: float = 15.0,
+                         generator: torch.Generator | None = None,
+                         low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """:func:`polynomial_mutation` in place on a contiguous ``x`` (returned): the same random
+    draws and the same results, without the copy."""
+    _check_mutation(rate, eta)
+    if not x.is_contiguous():
+        raise ValueError("polynomial_mutation_ mutates a contiguous tensor in place; use polynomial_mutation.")
+    return _mutate_flat_(x, rate, eta, generator, low, high)
+
+
+def _check_mutation(rate: float, eta: float) -> None:
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"Mutation rate must be a probability in [0, 1], got {rate}.")
     if eta < 0:
         raise ValueError(f"The distribution index eta must be >= 0, got {eta}.")
-    out = x.clone(memory_format=torch.contiguous_format)
+
+
+def _mutate_flat_(out: torch.Tensor, rate: float, eta: float, generator, low: float, high: float) -> torch.Tensor:
+    """The mutation itself, in place on the contiguous ``out`` (arguments already checked)."""
     flat = out.view(-1)
-    where = bernoulli_positions(flat.numel(), rate, generator, x.device)
-    u = torch.rand(where.shape, generator=generator, device=x.device, dtype=x.dtype)
-    genes = flat.index_select(0, where)  # index_select / index_copy_: faster than flat[where]
-    flat.index_copy_(0, where, genes.add_(polynomial_delta(u, eta).mul_(high - low)).clamp_(low, high))
+    where = bernoulli_positions(flat.numel(), rate, generator, out.device)
+    u = torch.rand(where.shape, generator=generator, device=out.device, dtype=out.dtype)
+    delta = polynomial_delta(u, eta)
+    if high - low != 1.0:  # multiplying by 1.0 changes no bit: skip the pass
+        delta.mul_(high - low)
+    # Gather / scatter the mutating genes: index_select and scatter_ are the fastest ways on CPU
+    # (several times faster than flat[where], scatter_ ~3x faster than index_copy_).
+    genes = flat.index_select(0, where)
+    flat.scatter_(0, where, genes.add_(delta).clamp_(low, high))  # distinct positions: a plain copy
     return out
 
 
@@ -123,6 +161,14 @@ class DirectEncoding:
     def mutate(self, genomes: torch.Tensor, generator: torch.Generator, generation: int = 0) -> torch.Tensor:
         """Mutated copies of ``genomes`` (P, C, H, W)."""
         return polynomial_mutation(genomes, self.rate_at(generation), self.eta, generator)
+
+    def mutate_(self, genomes: torch.Tensor, generator: torch.Generator, generation: int = 0) -> torch.Tensor:
+        """:meth:`mutate` in place on contiguous ``genomes`` (returned): same draws, same result, no copy.
+
+        :func:`~course.evolution.map_elites.map_elites` uses it on the parents it has just copied
+        out of the archive.
+        """
+        return polynomial_mutation_(genomes, self.rate_at(generation), self.eta, generator)
 
     def render(self, genomes: torch.Tensor) -> torch.Tensor:
         """The images: the genomes themselves (already in [0, 1])."""

@@ -15,8 +15,10 @@ comparison finds the cells it improves, and indexed assignment copies those offs
 no Python loop over cells or offspring anywhere.
 
 The encoding is any object with ``random(n, generator)``, ``mutate(genomes, generator,
-generation)``, ``render(genomes) -> (n, C, H, W)`` and ``image_shape``; a population of genomes is a
-tensor or a dict of tensors, each with the population on its first axis (see
+generation)``, ``render(genomes) -> (n, C, H, W)`` and ``image_shape``, and optionally ``mutate_``,
+the same as ``mutate`` but in place (used on the parents, a fresh copy of the elites, it saves a
+copy); a population of genomes is a tensor or a dict of tensors, each with the population on its
+first axis (see
 :class:`~course.evolution.direct.DirectEncoding`, :class:`~course.evolution.cppn.CPPNEncoding`).
 The classifier is any ``nn.Module`` mapping images to logits, for 10 classes or 1000.
 """
@@ -42,8 +44,16 @@ def put(dest: Genomes, index: torch.Tensor, src: Genomes) -> None:
     """In place: ``dest[index] = src`` for a tensor or every tensor of a dict."""
     if isinstance(dest, dict):
         for k in dest:
-            dest[k][index] = src[k]
+            _put_rows(dest[k], index, src[k])
     else:
+        _put_rows(dest, index, src)
+
+
+def _put_rows(dest: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
+    """``dest[index] = src`` for distinct indices; ``index_copy_`` (faster on CPU) where it applies."""
+    if src.dtype == dest.dtype and src.shape[1:] == dest.shape[1:] and len(src) == len(index):
+        dest.index_copy_(0, index, src)
+    else:  # casts or broadcasts
         dest[index] = src
 
 
@@ -108,10 +118,14 @@ class Archive:
         best, who = probs.max(dim=0)  # per cell: the best offspring (first one on ties)
         better = best > self.scores   # strictly better only
         cells = better.nonzero().squeeze(1)
-        put(self.genomes, cells, take(genomes, who[cells]))
-        self.images[cells] = images[who[cells]]
-        self.scores = torch.where(better, best, self.scores)
-        self.filled |= better
+        if len(cells):                # nothing to copy (often, late in a run): skip the copies
+            winners = who.index_select(0, cells)
+            rows = take(genomes, winners)
+            put(self.genomes, cells, rows)
+            # The direct encoding renders a genome as itself: then the rows are gathered once.
+            put(self.images, cells, rows if images is genomes else images.index_select(0, winners))
+            self.scores = torch.where(better, best, self.scores)
+            self.filled |= better
         return better
 
     def _check_nonempty(self):
@@ -121,10 +135,13 @@ class Archive:
 
     def sample_parents(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` cell indices drawn uniformly, with replacement, among the filled cells."""
-        self._check_nonempty()
         cells = self.filled.nonzero().squeeze(1)
+        if not len(cells):
+            self._check_nonempty()  # raises
         pick = torch.randint(len(cells), (n,), generator=generator, device=generator.device)
-        return cells[pick.to(cells.device)]
+        if len(cells) == self.n_cells and pick.device == cells.device:
+            return pick  # all filled: cells is arange(n_cells), the index is the pick itself
+        return cells.index_select(0, pick.to(cells.device))
 
     def elites(self) -> tuple[torch.Tensor, torch.Tensor, Genomes]:
         """(cells, images, genomes) of the filled cells."""
@@ -231,10 +248,12 @@ def map_elites(classifier: nn.Module, encoding, generations: int = 200, offsprin
         archive.update(genomes, images, classify(classifier, images, batch_size))
         history = [archive.scores.clone()]
         evaluations = initial
+        # The parents are a fresh copy (take), so an encoding that can mutate in place may.
+        mutate = getattr(encoding, "mutate_", None) or encoding.mutate
         bar = tqdm(range(1, generations + 1), desc="MAP-Elites", disable=not progress, leave=False)
         for gen in bar:
             parents = archive.sample_parents(offspring, generator)
-            children = encoding.mutate(take(archive.genomes, parents), generator, gen)
+            children = mutate(take(archive.genomes, parents), generator, gen)  # take: a fresh copy
             images = encoding.render(children)
             archive.update(children, images, classify(classifier, images, batch_size))
             history.append(archive.scores.clone())
