@@ -72,6 +72,21 @@ def test_compiled_two_loop_equals_the_tensor_version(dtype):
     assert not two_loop_cpu.available(q.float() if dtype == torch.float64 else q.double(), S, Y, rho, gamma)
 
 
+def test_backtracking_step_is_the_minimiser_of_the_cubic_fit():
+    """On a cubic (and a quadratic) along the step, the next trial is its exact minimiser; kept in
+    [0.1, 0.5] of the rejected step otherwise."""
+    from course.attacks.lbfgs import _backtrack_factor
+
+    def factor(c1, c2, c3):  # phi(a) = c1 a + c2 a² + c3 a³ along the step
+        t = lambda v: torch.tensor([float(v)], dtype=torch.float64)  # noqa: E731
+        return _backtrack_factor(t(c1), t(c1 + 2 * c2 + 3 * c3), t(c1 + c2 + c3)).item()
+
+    assert factor(-2, 0, 3) == pytest.approx((2 / 9) ** 0.5)   # phi' = −2 + 9a²
+    assert factor(-2, 3, 0) == pytest.approx(1 / 3)            # a quadratic: its minimiser
+    assert factor(-1, 100, 0) == pytest.approx(0.1)            # minimiser 0.005: at most 10x shorter
+    assert factor(-1, 0.6, 0) == pytest.approx(0.5)            # minimiser 0.83: at least 2x shorter
+
+
 def test_lbfgsb_separable_quadratic_with_active_bounds():
     """min Σ h_i (x_i − a_i)² over a box: the answer is a clipped into the box."""
     g = torch.Generator().manual_seed(0)
