@@ -32,6 +32,17 @@ def mnist_fc10():
     return model, test.images, test.labels, targets
 
 
+@pytest.fixture(params=["compiled", "tensor"])
+def two_loop_path(request, monkeypatch):
+    """Run a test with the two-loop recursion compiled (numba, CPU) and as tensor ops (as on a GPU)."""
+    from course.attacks import two_loop_cpu
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(two_loop_cpu, "available", lambda *tensors: False)
+    return request.param
+
+
 class TwoClassLinear(nn.Module):
     """logits = [0, w·x + b]: the minimal L2 change to reach class 1 is known in closed form."""
 
@@ -87,7 +98,7 @@ def test_backtracking_step_is_the_minimiser_of_the_cubic_fit():
     assert factor(-1, 0.6, 0) == pytest.approx(0.5)            # minimiser 0.83: at least 2x shorter
 
 
-def test_lbfgsb_separable_quadratic_with_active_bounds():
+def test_lbfgsb_separable_quadratic_with_active_bounds(two_loop_path):
     """min Σ h_i (x_i − a_i)² over a box: the answer is a clipped into the box."""
     g = torch.Generator().manual_seed(0)
     B, D = 6, 40
@@ -108,7 +119,7 @@ def test_lbfgsb_separable_quadratic_with_active_bounds():
     assert ((res.x >= -1) & (res.x <= 1)).all()
 
 
-def test_lbfgsb_coupled_quadratic_matches_scipy():
+def test_lbfgsb_coupled_quadratic_matches_scipy(two_loop_path):
     """A coupled (non-diagonal) convex quadratic with bounds per coordinate: same minimiser as scipy."""
     from scipy.optimize import fmin_l_bfgs_b
 
@@ -206,7 +217,7 @@ def test_result_is_in_the_box_and_reaches_the_target(mnist_fc10):
     assert (res.iterations > 0).all()
 
 
-def test_batched_equals_one_image_at_a_time(mnist_fc10):
+def test_batched_equals_one_image_at_a_time(mnist_fc10, two_loop_path):
     """Each image's search is independent of the others in its batch (float64 to rule out rounding)."""
     model, x, y, t = mnist_fc10
     model64 = build_model("fc10_1e-4").double()

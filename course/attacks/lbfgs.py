@@ -136,6 +136,17 @@ def _backtrack_factor(slope0: torch.Tensor, slope1: torch.Tensor, df: torch.Tens
     return torch.where(torch.isfinite(a), a, 0.1).clamp_(0.1, 0.5)
 
 
+def _two_loop_rows(q: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, rho: torch.Tensor, gamma: torch.Tensor,
+                   order: list[int], mem: torch.Tensor | None) -> torch.Tensor:
+    """``H q`` for rows whose pairs are in memory rows ``mem`` (A,) of S, Y (m, M, D) and rho (m, M);
+    None: row a is memory row a. Compiled on a CPU with numba; else tensor ops on the rows' pairs."""
+    if two_loop_cpu.available(q, S, Y, rho, gamma):
+        return two_loop_cpu.two_loop(q, S, Y, rho, gamma, order, mem)
+    if mem is not None:
+        S, Y, rho = S.index_select(1, mem), Y.index_select(1, mem), rho.index_select(1, mem)
+    return _two_loop(q, S, Y, rho, gamma, order)
+
+
 def _buffers(workspace: list, n: int, size: int, like: torch.Tensor) -> list[torch.Tensor]:
     """``n`` flat uninitialised tensors of at least ``size`` entries like ``like``, the ones kept in
     ``workspace`` if they fit (else new ones, which replace them there)."""
@@ -225,12 +236,13 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
     x = x_out.clone()
     f, g = _value_and_grad(fun, x, rows)
     n_evals, n_rows = 1, B
-    # The ring buffer of (s, y) pairs, S and Y (m, A, D). When the batch shrinks they are copied
-    # into a second pair of buffers, and back at the next shrink (ping-pong): four flat buffers
-    # in all, from `workspace` when it has them, not an allocation per shrink.
-    # (Uninitialised: a slot is read only once `slots` lists it, and by then every row has written it.)
-    buffers = _buffers(workspace if workspace is not None else [], 4, history * B * D, x)
-    S, Y = (b[:history * B * D].view(history, B, D) for b in buffers[:2])
+    # The L-BFGS memory: a ring of m slots of (s, y) pairs for every problem, S and Y (m, B, D),
+    # rho (m, B). Problem rows[j] of the active batch keeps its pairs in memory row rows[j]: the
+    # memory never moves when the batch shrinks. Its two buffers come from `workspace` when it has
+    # them. (Uninitialised: a slot is read only once `slots` lists it, and by then every row
+    # still running has written it.)
+    S, Y = (b[:history * B * D].view(history, B, D)
+            for b in _buffers(workspace if workspace is not None else [], 2, history * B * D, x))
     rho = x.new_zeros(history, B)                                   # 1 / (s·y), 0 in an empty slot
     gamma = 1.0 / g.norm(dim=1).clamp_min(1e-12)  # before any pair: a first step of length ≤ 1
     slots: list[int] = []                         # filled slots, newest first (the same for all rows)
@@ -238,43 +250,32 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
     proj = (x - g).clamp(lo, hi) - x              # the projected gradient step
     conv = proj.abs().amax(1) <= pgtol
     done = conv.clone()
-    frozen = torch.zeros_like(done)               # finished, written out, awaiting removal
 
     for k in range(max_iter + 1):
-        # Retire the finished problems: write them out and freeze them (they take no more steps).
+        # Retire the finished problems: write them out and drop them from the batch (their
+        # memory stays where it is; only the batch's own tensors are compacted).
         if k == max_iter:
-            done = ~frozen
+            done = torch.ones_like(done)
         if done.any():
             fin = done.nonzero().squeeze(1)
             out = take(rows, fin)
             x_out[out], f_out[out] = take(x, fin), take(f, fin)
             it_out[out], conv_out[out] = take(iters, fin), take(conv, fin)
-            frozen |= done
-            if frozen.all():
+            keep = (~done).nonzero().squeeze(1)
+            if len(keep) == 0:
                 break
-            proj[fin] = 0.0  # no free variable left: a zero direction
-            # Shrink the batch once a quarter of it is frozen (copying the history costs about
-            # as much as an evaluation, so not at every iteration).
-            if 4 * int(frozen.sum()) >= len(rows):
-                keep = (~frozen).nonzero().squeeze(1)
-                rows, x, f, g = take(rows, keep), take(x, keep), take(f, keep), take(g, keep)
-                proj, iters, gamma = take(proj, keep), take(iters, keep), take(gamma, keep)
-                frozen = take(frozen, keep)
-                buffers = buffers[2:] + buffers[:2]  # copy into the pair not in use
-                size = (history, len(keep), D)      # the buffers' first m·A'·D entries
-                S = torch.index_select(S, 1, keep, out=buffers[0][:math.prod(size)].view(size))
-                Y = torch.index_select(Y, 1, keep, out=buffers[1][:math.prod(size)].view(size))
-                rho = rho.index_select(1, keep)
+            rows, x, f, g = take(rows, keep), take(x, keep), take(f, keep), take(g, keep)
+            proj, iters, gamma = take(proj, keep), take(iters, keep), take(gamma, keep)
 
         # 1. Free variables: those a projected gradient step moves, i.e. not on a bound with the
         #    gradient pushing outward. (A 0/1 float mask: masks are used by multiplying.)
         free = proj.sign().abs_()
         neg_g = torch.mul(g, free).neg_()
         # 2. The quasi-Newton direction on the free variables; scaled steepest descent where it fails.
-        two_loop = two_loop_cpu.two_loop if two_loop_cpu.available(neg_g, S, Y, rho, gamma) else _two_loop
-        d = two_loop(neg_g, S, Y, rho, gamma, slots).mul_(free)
+        full = len(rows) == B                       # then rows is range(B): memory row = batch row
+        d = _two_loop_rows(neg_g, S, Y, rho, gamma, slots, None if full else rows).mul_(free)
         slope = rowdot(g, d)
-        not_descent = (~(slope < 0) & ~frozen).nonzero().squeeze(1)
+        not_descent = (~(slope < 0)).nonzero().squeeze(1)
         if len(not_descent):
             d[not_descent] = take(gamma, not_descent)[:, None] * take(neg_g, not_descent)
         # 3. Projected line search. First t = 1 for every problem...
@@ -282,10 +283,10 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         x_new = (x + d).clamp_(lo, hi)
         f_new, g_new = _value_and_grad(fun, x_new, rows)
         n_evals, n_rows = n_evals + 1, n_rows + len(rows)
-        s = torch.sub(x_new, x, out=S[slot])        # the step, written straight into the ring
+        s = torch.sub(x_new, x, out=S[slot] if full else None)  # (full: straight into the ring)
         step_slope = rowdot(g, s)      # g·(x⁺ − x): the decrease the step promises
         noise = 4 * eps * f.abs().clamp_min(1.0)    # a change in f smaller than this is rounding
-        rejected = ~(f_new <= f + armijo * step_slope) & ~frozen
+        rejected = ~(f_new <= f + armijo * step_slope)
         searching = rejected & (-step_slope > noise)
         stalled = rejected & ~searching             # nothing measurable left to gain: converged
         t = torch.ones_like(f)
@@ -316,21 +317,27 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
             x_new[back], g_new[back], f_new[back], s[back] = take(x, back), take(g, back), take(f, back), 0.0
         # 4. Store the curvature pair in the next slot of the ring; where s·y ≤ 0 the slot is
         #    left empty (rho = 0), which keeps H positive definite.
-        y = torch.sub(g_new, g, out=Y[slot]).mul_(free)  # the free variables' change (step 4)
+        y = torch.sub(g_new, g, out=Y[slot] if full else None).mul_(free)  # the free variables' change
         sy, yy = rowdot(s, y), rowdot(y, y)
-        good = (sy > 1e-10 * yy) & ~failed & ~frozen
-        rho[slot] = torch.where(good, 1.0 / sy.clamp_min(1e-30), 0.0)
+        good = (sy > 1e-10 * yy) & ~failed
+        r = torch.where(good, 1.0 / sy.clamp_min(1e-30), 0.0)
+        if full:
+            rho[slot] = r
+        else:
+            S[slot].index_copy_(0, rows, s)
+            Y[slot].index_copy_(0, rows, y)
+            rho[slot].index_copy_(0, rows, r)
         gamma = torch.where(good, sy / yy.clamp_min(1e-30), gamma)
         slots = [slot] + [i for i in slots if i != slot][: history - 1]
         # 5. Move, then test for convergence.
         f_old = f
         x, f, g = x_new, f_new, g_new
-        iters += (~failed & ~frozen).long()
+        iters += (~failed).long()
         proj = (x - g).clamp_(lo, hi).sub_(x)
         pg = proj.abs().amax(1)                     # ‖proj‖∞ (vector_norm(inf) is ~10x slower)
         small_decrease = (f_old - f) <= ftol * torch.maximum(f_old.abs(), f.abs()).clamp_min(1.0)
         conv = (((pg <= pgtol) | small_decrease) & ~failed) | stalled
-        done = (conv | searching) & ~frozen
+        done = conv | searching
     return LBFGSBResult(x_out, f_out, it_out, conv_out, n_evals, n_rows)
 
 

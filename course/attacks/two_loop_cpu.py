@@ -25,29 +25,31 @@ except ImportError:  # pragma: no cover - numba is a dependency; the tensor vers
     njit = None
 
 
-def _recursion(q, S, Y, rho, gamma, order, out):  # pragma: no cover - compiled by numba
-    """``out[a] = H_a q[a]`` for every problem a; the arguments as in ``lbfgs._two_loop``, numpy."""
+def _recursion(q, S, Y, rho, gamma, order, mem, out):  # pragma: no cover - compiled by numba
+    """``out[a] = H_a q[a]`` for every row a, whose pairs are ``S[:, mem[a]]``, ``Y[:, mem[a]]``
+    (``rho[:, mem[a]]``); the other arguments as in ``lbfgs._two_loop``, as numpy arrays."""
     m = order.shape[0]
     A, D = q.shape
     alpha = np.empty(m, dtype=q.dtype)
     for a in range(A):
         r = out[a]
+        b = mem[a]
         # Newest → oldest: alpha_i = rho_i s_i·r, then r -= alpha_i y_i (fused with the next dot).
-        s = S[order[0], a]
+        s = S[order[0], b]
         dot = q.dtype.type(0.0)
         for j in range(D):
             r[j] = q[a, j]
             dot += s[j] * r[j]
         for k in range(m):
             i = order[k]
-            al = rho[i, a] * dot
+            al = rho[i, b] * dot
             alpha[k] = al
-            y = Y[i, a]
+            y = Y[i, b]
             dot = q.dtype.type(0.0)
             if k + 1 < m:          # the dot product the next step needs: s_next·r
-                nxt, scale = S[order[k + 1], a], q.dtype.type(1.0)
+                nxt, scale = S[order[k + 1], b], q.dtype.type(1.0)
             else:                  # last step: r *= gamma, and the dot of the second loop: y_oldest·r
-                nxt, scale = Y[order[m - 1], a], gamma[a]
+                nxt, scale = Y[order[m - 1], b], gamma[a]
             for j in range(D):
                 v = (r[j] - al * y[j]) * scale
                 r[j] = v
@@ -55,10 +57,10 @@ def _recursion(q, S, Y, rho, gamma, order, out):  # pragma: no cover - compiled 
         # Oldest → newest: beta_i = rho_i y_i·r, then r += (alpha_i − beta_i) s_i.
         for k in range(m - 1, -1, -1):
             i = order[k]
-            c = alpha[k] - rho[i, a] * dot
-            s = S[i, a]
+            c = alpha[k] - rho[i, b] * dot
+            s = S[i, b]
             if k > 0:
-                nxt = Y[order[k - 1], a]
+                nxt = Y[order[k - 1], b]
                 dot = q.dtype.type(0.0)
                 for j in range(D):
                     v = r[j] + c * s[j]
@@ -81,16 +83,18 @@ def available(*tensors: torch.Tensor) -> bool:
 
 
 def two_loop(q: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, rho: torch.Tensor, gamma: torch.Tensor,
-             order: list[int]) -> torch.Tensor:
+             order: list[int], mem: torch.Tensor | None = None) -> torch.Tensor:
     """``H q`` (A, D): the two-loop recursion of ``lbfgs._two_loop``, compiled (see the module doc).
 
-    ``S, Y`` (m, A, D), ``rho`` (m, A), ``gamma`` (A,), ``order``: the filled slots newest first.
+    ``S, Y`` (m, M, D), ``rho`` (m, M), ``gamma`` (A,), ``order``: the filled slots newest first;
+    ``mem`` (A,) int64: the memory row of each row of q (None: row a is memory row a, M = A).
     The tensors must pass :func:`available`.
     """
     out = torch.empty_like(q)
     if not order:
         return out.copy_(q).mul_(gamma[:, None])
+    mem = np.arange(len(q)) if mem is None else mem.numpy()
     with torch.no_grad():
         _compiled(q.numpy(), S.numpy(), Y.numpy(), rho.numpy(), gamma.numpy(),
-                  np.asarray(order, dtype=np.int64), out.numpy())
+                  np.asarray(order, dtype=np.int64), mem, out.numpy())
     return out
