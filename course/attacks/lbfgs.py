@@ -524,9 +524,9 @@ def default_batch_size(device: torch.device | str) -> int:
 
     A batch of B images holds B · c_steps problems, each with ``2 · history`` vectors of L-BFGS
     memory (62 KB per problem for MNIST with 10 pairs). On a 2-core CPU the time per image is flat
-    from about 256 images up (measured: 64 → 8.9 ms, 128 → 7.7, 256 → 6.9, 512 → 7.0 ms per image
-    for FC100-100-10 in the default profile), while the memory keeps growing; a GPU needs thousands
-    of rows to be busy.
+    from about 256 images up (measured on 512 images: 64 → 7.3 ms, 128 → 5.7–6.3, 256 → 4.6–5.2,
+    512 → 4.6–4.9 ms per image for FC100-100-10 in the default profile), while the memory keeps
+    growing; a GPU needs thousands of rows to be busy.
     """
     return 4096 if torch.device(device).type == "cuda" else 256
 
