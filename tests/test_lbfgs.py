@@ -33,13 +33,14 @@ def mnist_fc10():
 
 
 @pytest.fixture(params=["compiled", "tensor"])
-def two_loop_path(request, monkeypatch):
-    """Run a test with the two-loop recursion compiled (numba, CPU) and as tensor ops (as on a GPU)."""
-    from course.attacks import two_loop_cpu
+def optimiser_path(request, monkeypatch):
+    """Run a test with the optimiser's per-problem loops compiled (numba, CPU) and as tensor ops
+    (as on a GPU)."""
+    from course.attacks import lbfgs_cpu
     if request.param == "compiled":
         pytest.importorskip("numba")
     else:
-        monkeypatch.setattr(two_loop_cpu, "available", lambda *tensors: False)
+        monkeypatch.setattr(lbfgs_cpu, "available", lambda *tensors: False)
     return request.param
 
 
@@ -59,28 +60,50 @@ class TwoClassLinear(nn.Module):
 # --- the optimiser --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_two_loop_equals_the_tensor_version(dtype):
-    """The numba two-loop (CPU) computes the same H q as the tensor recursion, for any slot order."""
+def test_compiled_steps_equal_the_tensor_versions(dtype, monkeypatch):
+    """The numba loops (CPU) compute the same direction, slope, pair and projected step as the
+    tensor ops, for any slot order and with rows reading their pairs by index."""
     pytest.importorskip("numba")
-    from course.attacks import two_loop_cpu
-    from course.attacks.lbfgs import _two_loop
+    from course.attacks import lbfgs_cpu
+    from course.attacks.lbfgs import _direction, _pair
 
-    g = torch.Generator().manual_seed(0)
-    m, A, D = 5, 7, 33
-    q = torch.randn(A, D, generator=g, dtype=dtype)
-    S = torch.randn(m, A, D, generator=g, dtype=dtype)
-    Y = S * 2 + 0.1 * torch.randn(m, A, D, generator=g, dtype=dtype)   # s·y > 0: a valid memory
+    def tensor_version(f, *args):
+        with monkeypatch.context() as mp:
+            mp.setattr(lbfgs_cpu, "available", lambda *tensors: False)
+            return f(*args)
+
+    gen = torch.Generator().manual_seed(0)
+    m, M, A, D = 5, 9, 6, 33
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype)  # noqa: E731
+    g, x, x_new, g_new = rand(A, D), rand(A, D).sigmoid(), rand(A, D).sigmoid(), rand(A, D)
+    proj = rand(A, D) * (rand(A, D) > 0)                               # zeros: variables held fixed
+    S = rand(m, M, D)
+    Y = S * 2 + 0.1 * rand(m, M, D)                                    # s·y > 0: a valid memory
     rho = 1 / (S * Y).sum(2)
-    rho[1, :3] = 0.0                                                  # some empty slots
-    gamma = torch.rand(A, generator=g, dtype=dtype) + 0.5
-    assert two_loop_cpu.available(q, S, Y, rho, gamma)
-    tol = 1e-5 if dtype == torch.float32 else 1e-12
-    for order in ([], [2], [4, 3, 2, 1, 0], [1, 0, 4, 3, 2]):
-        want = _two_loop(q, S, Y, rho, gamma, order)
-        got = two_loop_cpu.two_loop(q, S, Y, rho, gamma, order)
-        assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max()), order
-    assert not two_loop_cpu.available(q, S.transpose(1, 2).contiguous().transpose(1, 2), Y, rho, gamma)
-    assert not two_loop_cpu.available(q.float() if dtype == torch.float64 else q.double(), S, Y, rho, gamma)
+    rho[1, :3] = 0.0                                                   # some empty slots
+    gamma = torch.rand(A, generator=gen, dtype=dtype) + 0.5
+    lo, hi = 0.0, torch.linspace(0.6, 1.0, D, dtype=dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    assert lbfgs_cpu.available(g, proj, S, Y, rho, gamma)
+    for mem in (None, torch.tensor([8, 0, 3, 4, 6, 7])):
+        Sm, Ym, rhom = (S, Y, rho) if mem is not None else (S[:, :A], Y[:, :A], rho[:, :A].contiguous())
+        Sm, Ym = Sm.contiguous(), Ym.contiguous()
+        for order in ([], [2], [4, 3, 2, 1, 0], [1, 0, 4, 3, 2]):
+            args = (g, proj, Sm, Ym, rhom, gamma, order, mem)
+            for got, want in zip(_direction(*args), tensor_version(_direction, *args)):
+                torch.testing.assert_close(got, want, **tol)
+            assert (_direction(*args)[0][proj == 0] == 0).all()        # fixed variables do not move
+        memories = [(Sm.clone(), Ym.clone()) for _ in range(2)]
+        got = _pair(x_new, x, g_new, g, proj, lo, hi, *memories[0], 3, mem)
+        want = tensor_version(_pair, x_new, x, g_new, g, proj, lo, hi, *memories[1], 3, mem)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, **tol)
+        for a, b in zip(memories[0], memories[1]):
+            torch.testing.assert_close(a, b, **tol)
+        rows = slice(None) if mem is None else mem
+        torch.testing.assert_close(memories[0][0][3][rows], x_new - x, **tol)
+    assert not lbfgs_cpu.available(g, S.transpose(1, 2).contiguous().transpose(1, 2))
+    assert not lbfgs_cpu.available(g.float() if dtype == torch.float64 else g.double(), S)
 
 
 def test_backtracking_step_is_the_minimiser_of_the_cubic_fit():
@@ -98,7 +121,7 @@ def test_backtracking_step_is_the_minimiser_of_the_cubic_fit():
     assert factor(-1, 0.6, 0) == pytest.approx(0.5)            # minimiser 0.83: at least 2x shorter
 
 
-def test_lbfgsb_separable_quadratic_with_active_bounds(two_loop_path):
+def test_lbfgsb_separable_quadratic_with_active_bounds(optimiser_path):
     """min Σ h_i (x_i − a_i)² over a box: the answer is a clipped into the box."""
     g = torch.Generator().manual_seed(0)
     B, D = 6, 40
@@ -119,7 +142,7 @@ def test_lbfgsb_separable_quadratic_with_active_bounds(two_loop_path):
     assert ((res.x >= -1) & (res.x <= 1)).all()
 
 
-def test_lbfgsb_coupled_quadratic_matches_scipy(two_loop_path):
+def test_lbfgsb_coupled_quadratic_matches_scipy(optimiser_path):
     """A coupled (non-diagonal) convex quadratic with bounds per coordinate: same minimiser as scipy."""
     from scipy.optimize import fmin_l_bfgs_b
 
@@ -217,7 +240,7 @@ def test_result_is_in_the_box_and_reaches_the_target(mnist_fc10):
     assert (res.iterations > 0).all()
 
 
-def test_batched_equals_one_image_at_a_time(mnist_fc10, two_loop_path):
+def test_batched_equals_one_image_at_a_time(mnist_fc10, optimiser_path):
     """Each image's search is independent of the others in its batch (float64 to rule out rounding)."""
     model, x, y, t = mnist_fc10
     model64 = build_model("fc10_1e-4").double()

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import two_loop_cpu
+from . import lbfgs_cpu
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,15 +136,47 @@ def _backtrack_factor(slope0: torch.Tensor, slope1: torch.Tensor, df: torch.Tens
     return torch.where(torch.isfinite(a), a, 0.1).clamp_(0.1, 0.5)
 
 
-def _two_loop_rows(q: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, rho: torch.Tensor, gamma: torch.Tensor,
-                   order: list[int], mem: torch.Tensor | None) -> torch.Tensor:
-    """``H q`` for rows whose pairs are in memory rows ``mem`` (A,) of S, Y (m, M, D) and rho (m, M);
-    None: row a is memory row a. Compiled on a CPU with numba; else tensor ops on the rows' pairs."""
-    if two_loop_cpu.available(q, S, Y, rho, gamma):
-        return two_loop_cpu.two_loop(q, S, Y, rho, gamma, order, mem)
+def _direction(g: torch.Tensor, proj: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, rho: torch.Tensor,
+               gamma: torch.Tensor, order: list[int], mem: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1–2 of :func:`lbfgsb_batched` for every row: the quasi-Newton direction on the free
+    variables, ``d = −(H (g·free))·free`` (A, D), and its slope ``g·d`` (A,).
+
+    A variable is free where the projected gradient step ``proj`` is not 0. Row a's pairs are in
+    memory row ``mem[a]`` of S, Y (m, M, D) and rho (m, M) (``mem`` None: row a is memory row a);
+    ``order`` lists the filled slots newest first, ``H₀ = γ I`` with ``gamma`` (A,). Compiled on a
+    CPU (:mod:`course.attacks.lbfgs_cpu`); elsewhere these tensor ops, which are the reference.
+    """
+    if lbfgs_cpu.available(g, proj, S, Y, rho, gamma):
+        return lbfgs_cpu.direction(g, proj, S, Y, rho, gamma, order, mem)
+    free = proj.sign().abs_()  # a 0/1 float mask: masks are used by multiplying
     if mem is not None:
         S, Y, rho = S.index_select(1, mem), Y.index_select(1, mem), rho.index_select(1, mem)
-    return _two_loop(q, S, Y, rho, gamma, order)
+    d = _two_loop(torch.mul(g, free).neg_(), S, Y, rho, gamma, order).mul_(free)
+    return d, rowdot(g, d)
+
+
+def _pair(x_new: torch.Tensor, x: torch.Tensor, g_new: torch.Tensor, g: torch.Tensor, proj: torch.Tensor,
+          lo, hi, S: torch.Tensor, Y: torch.Tensor, slot: int, mem: torch.Tensor | None
+          ) -> tuple[torch.Tensor, ...]:
+    """Steps 4–5 of :func:`lbfgsb_batched`: write the pair ``s = x⁺ − x``, ``y = (g⁺ − g)·free``
+    (free where ``proj``, the old projected gradient step, is not 0) into slot ``slot`` of the
+    rows' memory (``mem`` as in :func:`_direction`); return ``s·y``, ``y·y`` (A,), the new
+    projected gradient step ``clip(x⁺ − g⁺) − x⁺`` (A, D) and its ∞-norm (A,). ``lo``, ``hi``:
+    numbers or tensors (D,). Compiled on a CPU; elsewhere these tensor ops, the reference.
+    """
+    bounds = [v if isinstance(v, torch.Tensor) else x.new_full((x.shape[1],), v) for v in (lo, hi)]
+    if lbfgs_cpu.available(x_new, x, g_new, g, proj, *bounds, S, Y):
+        return lbfgs_cpu.pair(x_new, x, g_new, g, proj, *bounds, S, Y, slot, mem)
+    s = x_new - x
+    y = (g_new - g).mul_(proj.sign().abs_())
+    if mem is None:
+        S[slot], Y[slot] = s, y
+    else:
+        S[slot].index_copy_(0, mem, s)
+        Y[slot].index_copy_(0, mem, y)
+    proj_new = (x_new - g_new).clamp_(*bounds).sub_(x_new)
+    return rowdot(s, y), rowdot(y, y), proj_new, proj_new.abs().amax(1)  # (vector_norm(inf): ~10x slower)
 
 
 def _buffers(workspace: list, n: int, size: int, like: torch.Tensor) -> list[torch.Tensor]:
@@ -189,8 +221,8 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
        change a lot, and leaving that change in y inflates ``y·y`` and so shrinks ``γ`` and every
        step. (Masking y this way took 20% fewer evaluations on the MNIST attack, same minima.)
 
-    On a CPU with numba installed the two-loop recursion runs compiled, one problem at a time
-    (:mod:`course.attacks.two_loop_cpu`); elsewhere it is tensor ops over the whole batch.
+    On a CPU with numba installed steps 1–2 and 4–5 run compiled, one problem at a time
+    (:mod:`course.attacks.lbfgs_cpu`); elsewhere they are tensor ops over the whole batch.
 
     ``workspace``, optional: a list in which the L-BFGS memory buffers are kept, to be reused by
     the next call given the same list (an attack runs several in a row): fresh buffers of tens of
@@ -267,24 +299,22 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
             rows, x, f, g = take(rows, keep), take(x, keep), take(f, keep), take(g, keep)
             proj, iters, gamma = take(proj, keep), take(iters, keep), take(gamma, keep)
 
-        # 1. Free variables: those a projected gradient step moves, i.e. not on a bound with the
-        #    gradient pushing outward. (A 0/1 float mask: masks are used by multiplying.)
-        free = proj.sign().abs_()
-        neg_g = torch.mul(g, free).neg_()
-        # 2. The quasi-Newton direction on the free variables; scaled steepest descent where it fails.
-        full = len(rows) == B                       # then rows is range(B): memory row = batch row
-        d = _two_loop_rows(neg_g, S, Y, rho, gamma, slots, None if full else rows).mul_(free)
-        slope = rowdot(g, d)
+        # 1–2. The quasi-Newton direction on the free variables (those a projected gradient step
+        #    moves: not on a bound with the gradient pushing outward); scaled steepest descent
+        #    where it is not a descent direction.
+        mem = None if len(rows) == B else rows      # row j's memory is row rows[j] (all: j)
+        d, slope = _direction(g, proj, S, Y, rho, gamma, slots, mem)
         not_descent = (~(slope < 0)).nonzero().squeeze(1)
         if len(not_descent):
-            d[not_descent] = take(gamma, not_descent)[:, None] * take(neg_g, not_descent)
+            free = take(proj, not_descent).sign().abs_()
+            d[not_descent] = -take(gamma, not_descent)[:, None] * take(g, not_descent) * free
         # 3. Projected line search. First t = 1 for every problem...
         slot = k % history                          # the ring slot this iteration's pair goes to
         x_new = (x + d).clamp_(lo, hi)
         f_new, g_new = _value_and_grad(fun, x_new, rows)
         n_evals, n_rows = n_evals + 1, n_rows + len(rows)
-        s = torch.sub(x_new, x, out=S[slot] if full else None)  # (full: straight into the ring)
-        step_slope = rowdot(g, s)      # g·(x⁺ − x): the decrease the step promises
+        s = x_new - x
+        step_slope = rowdot(g, s)                   # g·(x⁺ − x): the decrease the step promises
         noise = 4 * eps * f.abs().clamp_min(1.0)    # a change in f smaller than this is rounding
         rejected = ~(f_new <= f + armijo * step_slope)
         searching = rejected & (-step_slope > noise)
@@ -304,7 +334,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
             n_evals, n_rows = n_evals + 1, n_rows + len(idx)
             si = xt - xi
             st, end = rowdot(take(g, idx), si), rowdot(gt, si)
-            x_new[idx], s[idx], f_new[idx], g_new[idx], step_slope[idx] = xt, si, ft, gt, st
+            x_new[idx], f_new[idx], g_new[idx], step_slope[idx] = xt, ft, gt, st
             ok = ft <= fx + armijo * st
             gone = ~ok & (-st <= take(noise, idx))
             searching[idx[ok | gone]] = False
@@ -314,27 +344,23 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         failed = searching | stalled                # no acceptable step: stay at x
         back = failed.nonzero().squeeze(1)
         if len(back):
-            x_new[back], g_new[back], f_new[back], s[back] = take(x, back), take(g, back), take(f, back), 0.0
-        # 4. Store the curvature pair in the next slot of the ring; where s·y ≤ 0 the slot is
-        #    left empty (rho = 0), which keeps H positive definite.
-        y = torch.sub(g_new, g, out=Y[slot] if full else None).mul_(free)  # the free variables' change
-        sy, yy = rowdot(s, y), rowdot(y, y)
+            x_new[back], g_new[back], f_new[back] = take(x, back), take(g, back), take(f, back)
+        # 4. Store the curvature pair in this iteration's slot of the ring (where the step failed,
+        #    s = y = 0); where s·y ≤ 0 the slot is left empty (rho = 0), which keeps H positive
+        #    definite. 5. The next projected gradient step.
+        sy, yy, proj, pg = _pair(x_new, x, g_new, g, proj, lo, hi, S, Y, slot, mem)
         good = (sy > 1e-10 * yy) & ~failed
         r = torch.where(good, 1.0 / sy.clamp_min(1e-30), 0.0)
-        if full:
+        if mem is None:
             rho[slot] = r
         else:
-            S[slot].index_copy_(0, rows, s)
-            Y[slot].index_copy_(0, rows, y)
-            rho[slot].index_copy_(0, rows, r)
+            rho[slot].index_copy_(0, mem, r)
         gamma = torch.where(good, sy / yy.clamp_min(1e-30), gamma)
         slots = [slot] + [i for i in slots if i != slot][: history - 1]
-        # 5. Move, then test for convergence.
+        # Move, then test for convergence.
         f_old = f
         x, f, g = x_new, f_new, g_new
         iters += (~failed).long()
-        proj = (x - g).clamp_(lo, hi).sub_(x)
-        pg = proj.abs().amax(1)                     # ‖proj‖∞ (vector_norm(inf) is ~10x slower)
         small_decrease = (f_old - f) <= ftol * torch.maximum(f_old.abs(), f.abs()).clamp_min(1.0)
         conv = (((pg <= pgtol) | small_decrease) & ~failed) | stalled
         done = conv | searching
