@@ -82,7 +82,7 @@ def test_compiled_steps_equal_the_tensor_versions(dtype, monkeypatch):
     rho = 1 / (S * Y).sum(2)
     rho[1, :3] = 0.0                                                   # some empty slots
     gamma = torch.rand(A, generator=gen, dtype=dtype) + 0.5
-    lo, hi = 0.0, torch.linspace(0.6, 1.0, D, dtype=dtype)
+    lo, hi = torch.zeros(D, dtype=dtype), torch.linspace(0.6, 1.0, D, dtype=dtype)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     assert lbfgs_cpu.available(g, proj, S, Y, rho, gamma)
     for mem in (None, torch.tensor([8, 0, 3, 4, 6, 7])):

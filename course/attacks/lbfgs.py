@@ -157,17 +157,16 @@ def _direction(g: torch.Tensor, proj: torch.Tensor, S: torch.Tensor, Y: torch.Te
 
 
 def _pair(x_new: torch.Tensor, x: torch.Tensor, g_new: torch.Tensor, g: torch.Tensor, proj: torch.Tensor,
-          lo, hi, S: torch.Tensor, Y: torch.Tensor, slot: int, mem: torch.Tensor | None
-          ) -> tuple[torch.Tensor, ...]:
+          lo: torch.Tensor, hi: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, slot: int,
+          mem: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
     """Steps 4–5 of :func:`lbfgsb_batched`: write the pair ``s = x⁺ − x``, ``y = (g⁺ − g)·free``
     (free where ``proj``, the old projected gradient step, is not 0) into slot ``slot`` of the
     rows' memory (``mem`` as in :func:`_direction`); return ``s·y``, ``y·y`` (A,), the new
     projected gradient step ``clip(x⁺ − g⁺) − x⁺`` (A, D) and its ∞-norm (A,). ``lo``, ``hi``:
-    numbers or tensors (D,). Compiled on a CPU; elsewhere these tensor ops, the reference.
+    the bounds, tensors (D,). Compiled on a CPU; elsewhere these tensor ops, the reference.
     """
-    bounds = [v if isinstance(v, torch.Tensor) else x.new_full((x.shape[1],), v) for v in (lo, hi)]
-    if lbfgs_cpu.available(x_new, x, g_new, g, proj, *bounds, S, Y):
-        return lbfgs_cpu.pair(x_new, x, g_new, g, proj, *bounds, S, Y, slot, mem)
+    if lbfgs_cpu.available(x_new, x, g_new, g, proj, lo, hi, S, Y):
+        return lbfgs_cpu.pair(x_new, x, g_new, g, proj, lo, hi, S, Y, slot, mem)
     s = x_new - x
     y = (g_new - g).mul_(proj.sign().abs_())
     if mem is None:
@@ -175,7 +174,7 @@ def _pair(x_new: torch.Tensor, x: torch.Tensor, g_new: torch.Tensor, g: torch.Te
     else:
         S[slot].index_copy_(0, mem, s)
         Y[slot].index_copy_(0, mem, y)
-    proj_new = (x_new - g_new).clamp_(*bounds).sub_(x_new)
+    proj_new = torch.clamp(x_new - g_new, lo, hi).sub_(x_new)
     return rowdot(s, y), rowdot(y, y), proj_new, proj_new.abs().amax(1)  # (vector_norm(inf): ~10x slower)
 
 
@@ -251,6 +250,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
                              f"coordinate, shared by all problems), got shape {tuple(v.shape)}.")
     if (lo > hi).any():
         raise ValueError("Some lower bound is above its upper bound.")
+    bounds = [v.expand(D).contiguous() for v in (lo, hi)]  # (D,) each, for _pair
     if lo.dim() == 0 and hi.dim() == 0:
         lo, hi = lo.item(), hi.item()  # plain numbers make clamp faster
     eps = torch.finfo(x0.dtype).eps
@@ -348,7 +348,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         # 4. Store the curvature pair in this iteration's slot of the ring (where the step failed,
         #    s = y = 0); where s·y ≤ 0 the slot is left empty (rho = 0), which keeps H positive
         #    definite. 5. The next projected gradient step.
-        sy, yy, proj, pg = _pair(x_new, x, g_new, g, proj, lo, hi, S, Y, slot, mem)
+        sy, yy, proj, pg = _pair(x_new, x, g_new, g, proj, *bounds, S, Y, slot, mem)
         good = (sy > 1e-10 * yy) & ~failed
         r = torch.where(good, 1.0 / sy.clamp_min(1e-30), 0.0)
         if mem is None:
