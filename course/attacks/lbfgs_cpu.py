@@ -42,15 +42,18 @@ def _direction(g, proj, S, Y, rho, gamma, order, mem, d, slope):  # pragma: no c
     for a in range(A):
         r = d[a]
         b = mem[a]
-        if m == 0:
+        ga, pa = g[a], proj[a]
+        # q = −g on the free variables (a mask that multiplies: no branch, the loops vectorise).
+        for j in range(D):
+            r[j] = -ga[j] * (pa[j] != zero)
+        if m == 0:                 # no pair yet: H = gamma I
             for j in range(D):
-                r[j] = -g[a, j] * gamma[a] if proj[a, j] != zero else zero
+                r[j] *= gamma[a]
         else:
             # Newest → oldest: alpha_i = rho_i s_i·r, then r -= alpha_i y_i (fused with the next dot).
             s = S[order[0], b]
             dot = zero
             for j in range(D):
-                r[j] = -g[a, j] if proj[a, j] != zero else zero
                 dot += s[j] * r[j]
             for k in range(m):
                 i = order[k]
@@ -83,9 +86,9 @@ def _direction(g, proj, S, Y, rho, gamma, order, mem, d, slope):  # pragma: no c
                         r[j] += c * s[j]
         sl = zero
         for j in range(D):         # only the free variables move
-            if proj[a, j] == zero:
-                r[j] = zero
-            sl += g[a, j] * r[j]
+            v = r[j] * (pa[j] != zero)
+            r[j] = v
+            sl += ga[j] * v
         slope[a] = sl
 
 
