@@ -17,7 +17,14 @@ weights. Timed on CPU with ``--threads`` torch threads.
    archive: ribs' numpy bookkeeping vs our tensor update.
    The forward pass of the 200 offspring is shared by both loops, so the ratio can never exceed
    ``ribs time / forward time``, what ours would reach if sampling, mutation and insertion cost
-   nothing; that ceiling is printed beside the ratio (``ceiling_if_ours_were_free``).
+   nothing; that ceiling is printed beside the ratio (``ceiling_if_ours_were_free``). Both loops
+   also share the mutation (drawing ~16,000 mutating genes and their steps per generation), so
+   a second, tighter ceiling is ribs' time over forward pass + mutation
+   (``ceiling_if_our_archive_were_free``): what ours would reach if its own archive work cost
+   nothing. On the 2-core machine of the README it is about 3×, the forward-pass ceiling about 6×:
+   5× would need the mutation (shared: it speeds ribs' loop up as much) and our archive work
+   both to be nearly free. A compiled mutation loop was tried (numba, one pass, its own random
+   stream): 0.4 ms instead of 0.6, which moves ours and ribs alike, so it was not kept.
 2. **Overhead**, LeNet classifier: our seconds per generation (sample, mutate, render, forward,
    update; a whole run divided by its generations + 1) over the seconds of the forward pass alone
    on 200 images (softmax included).
@@ -25,11 +32,23 @@ weights. Timed on CPU with ``--threads`` torch threads.
 3. **Archive operations only**: drawing 200 parents and inserting 200 scored children, with
    precomputed random children and probabilities: what the two archives themselves cost.
 
+**The allocator.** ribs' loop makes several arrays of 2,000 × 784 floats (6 MB) per generation:
+the 10× repeated batch, and ``add``'s copies of the current elites of those 2,000 entries. With
+glibc's default settings, blocks that large are mapped fresh from the kernel and unmapped on free
+(or trimmed off the heap's top), so every generation pays for ~1,500 page faults and zeroed pages,
+and how often depends on the process's allocation history (glibc adapts its threshold as it goes).
+That made ribs' loop 1.5–2.5× slower in some processes than in others, and our ratio swing from
+2× to 5× between runs of this script. So by default the script first asks glibc (``mallopt``)
+to keep freed memory for reuse: large blocks come from the heap and are never returned, in both
+loops alike. ``--default-malloc`` skips that, to see the other case.
+
     python benchmarks/bench_map_elites.py [--json] [--generations 50] [--rounds 5] [--threads 1]
+                                          [--default-malloc]
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import sys
 import time
@@ -40,6 +59,20 @@ import torch
 from course.evolution import DirectEncoding, map_elites
 from course.evolution.map_elites import classify
 from course.models import build_model
+
+
+def keep_freed_memory() -> str:
+    """Ask glibc to serve large blocks from the heap and keep freed memory (no mmap, no trim), so
+    that a loop reusing 6 MB arrays does not page-fault on each one. Returns what was done."""
+    if not sys.platform.startswith("linux"):
+        return f"default ({sys.platform})"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # mallopt's parameter numbers (malloc.h)
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        return "default (not glibc)"
+    return "glibc, mmap and trim thresholds 1 GiB" if ok else "default (mallopt refused)"
 
 
 def seeded_model(name: str, seed: int = 0):
@@ -121,6 +154,17 @@ def forward_seconds(model, offspring: int, generations: int) -> float:
     return (time.perf_counter() - t) / (generations + 1)
 
 
+def mutation_seconds(encoding: DirectEncoding, offspring: int, generations: int) -> float:
+    """Time of one generation's mutation (copy the parents, mutate in place), as both loops do it."""
+    g = torch.Generator().manual_seed(0)
+    parents = encoding.random(offspring, g)
+    encoding.mutate_(parents.clone(), g, 1)
+    t = time.perf_counter()
+    for gen in range(1, generations + 2):
+        encoding.mutate_(parents.clone(), g, gen)
+    return (time.perf_counter() - t) / (generations + 1)
+
+
 def archive_ops_seconds(offspring: int, generations: int, seed: int = 0) -> tuple[float, float]:
     """The archive's own work per generation, nothing else: draw parents, insert 200 scored children.
 
@@ -163,7 +207,10 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     ap.add_argument("--offspring", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's allocator as it is (ribs' loop then page-faults; see the docstring)")
     args = ap.parse_args(argv)
+    allocator = "default" if args.default_malloc else keep_freed_memory()
     torch.set_num_threads(args.threads)
     G, B = args.generations, args.offspring
     enc = DirectEncoding()
@@ -177,6 +224,7 @@ def main(argv=None):
             "ours_lenet": lambda: ours_seconds_per_generation(lenet, enc, G, B),
             "fwd_lenet": lambda: forward_seconds(lenet, B, G),
             "fwd_fc": lambda: forward_seconds(fc, B, G),
+            "mutation": lambda: mutation_seconds(enc, B, G),
             "archive_ops": lambda: archive_ops_seconds(B, G)}
     times = {k: [] for k in runs}
     for _ in range(args.rounds):
@@ -193,15 +241,18 @@ def main(argv=None):
     speed_ops = np.median(T["archive_ops"][:, 1] / T["archive_ops"][:, 0])
     ratio_lenet = np.median(T["ours_lenet"] / T["fwd_lenet"])
     ceiling = np.median(T["ribs_fc"] / T["fwd_fc"])   # ours if everything but the forward pass were free
+    ceiling_shared = np.median(T["ribs_fc"] / (T["fwd_fc"] + T["mutation"]))  # ours if its archive were free
 
     import ribs
     out = {"benchmark": "map_elites", "offspring": B, "generations_per_run": G, "rounds": args.rounds,
-           "cells": 10, "threads": args.threads, "classifiers": "untrained, seeded",
+           "cells": 10, "threads": args.threads, "allocator": allocator, "classifiers": "untrained, seeded",
            "ribs_version": ribs.__version__,
            "fc100_100_10": {"ours_gen_per_s": round(1 / ours_fc, 1), "ribs_gen_per_s": round(1 / ribs_fc, 1),
                             "speedup_vs_ribs": round(float(speed_ribs), 2),
                             "forward_ms_per_gen": round(1e3 * med["fwd_fc"], 3),
                             "ceiling_if_ours_were_free": round(float(ceiling), 2),
+                            "mutation_ms_per_gen": round(1e3 * med["mutation"], 3),
+                            "ceiling_if_our_archive_were_free": round(float(ceiling_shared), 2),
                             "ribs_ten_archives_gen_per_s": round(1 / ribs10_fc, 1),
                             "speedup_vs_ribs_ten_archives": round(float(speed_ribs10), 2)},
            "archive_ops_only": {"ours_ms_per_gen": round(1e3 * ours_ops, 3), "ribs_ms_per_gen": round(1e3 * ribs_ops, 3),
@@ -214,12 +265,14 @@ def main(argv=None):
         f, a, l = out["fc100_100_10"], out["archive_ops_only"], out["lenet"]
         print(f"MAP-Elites, direct encoding, {B} offspring/generation, 10 cells, every-cell insertion; "
               f"median of {args.rounds} interleaved rounds of {G} generations; {args.threads} thread(s); "
-              f"untrained classifiers")
+              f"untrained classifiers; allocator: {allocator}")
         print(f"FC100-100-10 whole loop: ours {f['ours_gen_per_s']} gen/s; ribs {out['ribs_version']} one 10-cell "
               f"archive {f['ribs_gen_per_s']} gen/s → {f['speedup_vs_ribs']}×; ten 1-cell archives "
               f"{f['ribs_ten_archives_gen_per_s']} gen/s → {f['speedup_vs_ribs_ten_archives']}×")
         print(f"  the shared forward pass alone takes {f['forward_ms_per_gen']} ms/gen: even a free evolution "
               f"could beat ribs by at most {f['ceiling_if_ours_were_free']}×")
+        print(f"  with the shared mutation ({f['mutation_ms_per_gen']} ms/gen) too: a free archive could beat ribs "
+              f"by at most {f['ceiling_if_our_archive_were_free']}×")
         print(f"Archive operations only (parents + insertion): ours {a['ours_ms_per_gen']} ms/gen, ribs "
               f"{a['ribs_ms_per_gen']} ms/gen → {a['speedup']}×")
         print(f"LeNet: ours {l['ours_ms_per_gen']} ms/generation, forward pass alone {l['forward_ms_per_gen']} ms "
