@@ -2,19 +2,27 @@
 
 A checkpoint is a ``state_dict`` (``NAME-KEY.pt``) plus the JSON of its config and training
 summary (``NAME-KEY.json``), where KEY is a hash of the config. Writes are atomic (temp file, then
-rename); loads use ``weights_only=True``; a corrupt or mismatched file is moved aside to
-``*.corrupt`` with a warning and rebuilt — never silently used, never silently deleted.
+rename; the JSON first, so a weights file never sits beside a missing or older JSON); loads use
+``weights_only=True``; a corrupt or mismatched file is moved aside to ``*.corrupt`` with a warning
+and rebuilt — never silently used, never silently deleted.
+
+:func:`making` holds a lock (``NAME-KEY.lock``, the ``filelock`` package) while one process checks
+for a checkpoint and builds it: two lessons (or pytest's two workers) that need the same missing
+model then train it once, and the second loads what the first saved.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 
 from .data import cache_root
@@ -41,12 +49,41 @@ def save_object(obj, config: dict, info: dict, name: str, folder: Path | None = 
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        # The JSON (same config: the key is its hash) goes in first, so that a reader that finds the
+        # weights always finds their JSON beside them.
+        write_json_atomic(meta, {"config": config, "info": info})
         os.replace(tmp, pt)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    write_json_atomic(meta, {"config": config, "info": info})
     return pt
+
+
+@contextmanager
+def making(name: str, config: dict, folder: Path | None = None, what: str = "training"):
+    """Hold the lock of checkpoint ``NAME-KEY`` while the body checks for it and makes it.
+
+    Another process that enters ``making`` for the same checkpoint waits, saying so on stderr, and
+    then finds the checkpoint saved. The lock is the OS's (released if the process dies). Where
+    the cache cannot be written (a read-only, shared cache), the body runs without a lock.
+    """
+    pt, _ = checkpoint_paths(name, config, folder)
+    try:
+        pt.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(pt.with_suffix(".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"Waiting for another process that is {what} {pt.stem} (lock: {lock.lock_file}) ...",
+                  file=sys.stderr, flush=True)
+            lock.acquire()
+    except OSError:  # read-only cache: nothing could be saved there anyway
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def save_checkpoint(model: nn.Module, config: dict, info: dict, name: str, folder: Path | None = None) -> Path:
@@ -73,7 +110,13 @@ def load_object(config: dict, name: str, folder: Path | None = None, check=None)
     if not pt.exists():
         return None
     try:
-        saved = json.loads(meta.read_text())
+        try:
+            text = meta.read_text()
+        except FileNotFoundError:
+            if not pt.exists():  # both removed meanwhile (remove_state in another process)
+                return None
+            raise
+        saved = json.loads(text)
         if saved.get("config") != json.loads(json.dumps(config, default=str)):
             raise ValueError("its config does not match")
         obj = torch.load(pt, map_location="cpu", weights_only=True)

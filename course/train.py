@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, making, save_checkpoint
 from .data import MNIST, load_mnist, p1_p2_split
 from .device import get_device
 from .models import AE400_10, build_model, check_image_batch, weight_decay_penalty
@@ -159,22 +159,25 @@ def train_model(name: str, *, profile: str | None = None, seed: int = 0, split: 
     config = {"name": name, "model": model.config, "source": train.source, "n_train": len(train),
               "split": split, "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": LEARNING_RATE,
               "profile": profile, "version": TRAIN_VERSION}
-    if not fresh:
-        info = load_checkpoint(model, config, name)
-        if info is not None:
-            model.to(dev).eval()
-            return TrainedModel(model, {**info, "cached": True})
-    model.to(dev)
-    start = time.perf_counter()
-    history = {}
-    if isinstance(model, AE400_10):
-        history["pretrain"] = pretrain_autoencoder(model, train, epochs=epochs["pretrain"], batch_size=batch_size,
-                                                   seed=seed, progress=progress)
-    history["fit"] = fit(model, train, epochs=epochs.get("finetune", epochs.get("epochs")), batch_size=batch_size,
-                         seed=seed, test=test, progress=progress, desc=name)
-    info = {"name": name, "source": train.source, "profile": profile, "split": split, "seed": seed,
-            "n_train": len(train), "n_test": len(test), "train_error": evaluate(model, train),
-            "test_error": evaluate(model, test), "seconds": round(time.perf_counter() - start, 2),
-            "device": str(dev), "history": history}
-    save_checkpoint(model, config, info, name)
+    # One process at a time checks for this checkpoint and trains it: a concurrent lesson that
+    # needs the same model waits, then loads it.
+    with making(name, config):
+        if not fresh:
+            info = load_checkpoint(model, config, name)
+            if info is not None:
+                model.to(dev).eval()
+                return TrainedModel(model, {**info, "cached": True})
+        model.to(dev)
+        start = time.perf_counter()
+        history = {}
+        if isinstance(model, AE400_10):
+            history["pretrain"] = pretrain_autoencoder(model, train, epochs=epochs["pretrain"],
+                                                       batch_size=batch_size, seed=seed, progress=progress)
+        history["fit"] = fit(model, train, epochs=epochs.get("finetune", epochs.get("epochs")),
+                             batch_size=batch_size, seed=seed, test=test, progress=progress, desc=name)
+        info = {"name": name, "source": train.source, "profile": profile, "split": split, "seed": seed,
+                "n_train": len(train), "n_test": len(test), "train_error": evaluate(model, train),
+                "test_error": evaluate(model, test), "seconds": round(time.perf_counter() - start, 2),
+                "device": str(dev), "history": history}
+        save_checkpoint(model, config, info, name)
     return TrainedModel(model.eval(), {**info, "cached": False})

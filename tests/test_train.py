@@ -1,9 +1,13 @@
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 
-from course.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
+from course import checkpoints
+from course.checkpoints import checkpoint_paths, load_checkpoint, making, save_checkpoint
 from course.models import build_model
 from course.train import train_model
 
@@ -79,3 +83,42 @@ def test_p1_p2_models_differ(tmp_cache):
 def test_bad_split_is_explained():
     with pytest.raises(ValueError, match="p1"):
         train_model("fc10_1e-4", split="half")
+
+
+def test_concurrent_processes_train_a_missing_model_once(tmp_cache):
+    """Two lessons that need the same missing model at once: one trains it, the other waits for the
+    lock and loads the checkpoint (without the lock both would train it)."""
+    code = ("from course.train import train_model\n"
+            "r = train_model('fc10_1e-4', progress=False, device='cpu')\n"
+            "print(r.info['cached'], float(sum(p.double().sum() for p in r.model.parameters())))")
+    env = {**os.environ, "COURSE_CACHE": str(tmp_cache), "COURSE_PROFILE": "ci", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    cached, weights = zip(*(out.split() for out, _ in outs))
+    assert sorted(cached) == ["False", "True"], outs
+    assert len(set(weights)) == 1
+    assert len(list((tmp_cache / "checkpoints").glob("fc10_1e-4-*.pt"))) == 1
+
+
+def test_the_lock_is_held_and_released(tmp_path):
+    config = {"name": "x"}
+    lock_file = checkpoint_paths("x", config, tmp_path)[0].with_suffix(".lock")
+    other = checkpoints.FileLock(lock_file)
+    with making("x", config, tmp_path):
+        with pytest.raises(checkpoints.Timeout):
+            other.acquire(timeout=0)
+    other.acquire(timeout=0)  # free again
+    other.release()
+
+
+def test_an_unwritable_cache_runs_without_a_lock(tmp_path, monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self.lock_file))
+
+    monkeypatch.setattr(checkpoints.FileLock, "acquire", refuse)
+    ran = []
+    with making("x", {"name": "x"}, tmp_path):
+        ran.append(True)
+    assert ran == [True]
