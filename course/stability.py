@@ -236,6 +236,8 @@ def power_iteration_norm(layer_fn: Callable[[torch.Tensor], torch.Tensor],
     product (autograd's backward pass with ``grad_outputs=u``), so the matrix is never formed.
     Returns ``‖J v‖`` for the final unit vector v, a *lower* bound on ‖J‖₂ at every step that
     converges to it: the check of the FFT bound computed on the real operator.
+    The start vector is drawn on the CPU (the same on every device) and moved to ``device``
+    (None: it stays on the CPU), which must be where ``layer_fn``'s weights are.
     """
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(tuple(input_shape), generator=g, dtype=dtype).to(device)

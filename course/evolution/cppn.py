@@ -347,7 +347,7 @@ def render_reference(genome: dict, shape: tuple[int, int, int]) -> np.ndarray:
     """Render ONE genome (a dict of unbatched tensors, e.g. ``{k: v[i] for k, v in pop.items()}``)
     pixel by pixel with a memoised recursive evaluation. Returns (channels, H, W) float64."""
     C, H, W = shape
-    w = genome["weight"].double().cpu().numpy()
+    w = genome["weight"].cpu().double().numpy()  # (MPS has no float64: to the CPU first)
     conn = genome["conn"].cpu().numpy()
     act = genome["act"].cpu().numpy()
     sources = {dst: [int(s) for s in np.flatnonzero(conn[dst])] for dst in range(len(act))}

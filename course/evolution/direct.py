@@ -44,9 +44,11 @@ def _geometric_gaps(k: int, log_q: float, generator, device) -> torch.Tensor:
     """``k`` geometric gaps ``1 + ⌊log U / log q⌋`` (int64), drawn as ``1 − u`` for u ~ U[0, 1).
 
     1 − u is in (0, 1]: no log(0). The quotient is ≥ 0, so the conversion's truncation is the
-    floor. The float64 steps are in place on the one draw.
+    floor. The float64 steps are in place on the one draw. (Apple's MPS has no float64: there the
+    draw is float32, whose 24 bits cap a gap at log 2⁻²⁴ / log q, a tail of probability 6e-8.)
     """
-    u = torch.rand(k, generator=generator, device=device, dtype=torch.float64)
+    dtype = torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64
+    u = torch.rand(k, generator=generator, device=device, dtype=dtype)
     return u.neg_().log1p_().div_(log_q).long().add_(1)
 
 

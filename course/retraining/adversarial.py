@@ -114,6 +114,25 @@ def _fingerprint(model: nn.Module) -> str:
     return model_fingerprint(model)
 
 
+def _device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The default generator's state of ``device`` when it is not the CPU (on a GPU, dropout draws
+    its masks there), so that a resumed run continues as the uninterrupted one would; else None."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def _set_device_rng_state(device: torch.device, state: torch.Tensor | None) -> None:
+    if state is None:
+        return
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state)
+
+
 def adversarial_training(model: nn.Module, train, *, epochs: int, layers=(0,), pool_size: int = 1000,
                          refresh: float = 0.2, refresh_every: int = 100, per_batch: int = 32, warmup: int = 1,
                          batch_size: int = 128, lr: float = 1e-3, seed: int = 0, test=None,
@@ -194,6 +213,7 @@ def adversarial_training(model: nn.Module, train, *, epochs: int, layers=(0,), p
             g.set_state(state["generator"])
             gp.set_state(state["pool_generator"])
             torch.set_rng_state(state["torch_rng"])
+            _set_device_rng_state(device, state.get("device_rng"))
             pools = {int(k): AdversarialPool(v["x"].to(device), v["y"].to(device)) for k, v in state["pools"].items()}
             history, start, step = info["history"], e, info["step"]
             break
@@ -291,6 +311,7 @@ def adversarial_training(model: nn.Module, train, *, epochs: int, layers=(0,), p
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": g.get_state(),
                      "pool_generator": gp.get_state(),
                      "torch_rng": torch.get_rng_state(),
+                     "device_rng": _device_rng_state(device),   # dropout's masks on a GPU
                      "pools": {str(k): {"x": p.examples, "y": p.labels} for k, p in pools.items()}}
             save_state(f"{name}-epoch{epoch + 1}", config, state, {"history": history, "step": step}, folder)
             if epoch >= 1:
