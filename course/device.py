@@ -15,9 +15,12 @@ def get_device(prefer: str | None = None) -> torch.device:
     choice = prefer or os.environ.get("COURSE_DEVICE")
     if choice:
         dev = torch.device(choice)
-        if dev.type == "cuda" and not torch.cuda.is_available():
+        mps = getattr(torch.backends, "mps", None)
+        missing = {"cuda": "CUDA" if not torch.cuda.is_available() else None,
+                   "mps": "Apple's MPS" if not (mps is not None and mps.is_available()) else None}.get(dev.type)
+        if missing:
             raise RuntimeError(
-                f"Device {choice!r} was asked for but CUDA is not available here. "
+                f"Device {choice!r} was asked for but {missing} is not available here. "
                 "Unset COURSE_DEVICE (or pass prefer=None) to use the CPU."
             )
         return dev

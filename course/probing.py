@@ -71,7 +71,7 @@ def top_k_along(features: torch.Tensor, directions: torch.Tensor,
     """
     single = directions.dim() == 1
     dirs = directions.unsqueeze(0) if single else directions
-    scores = features @ dirs.to(features.dtype).T            # (N, n_dirs): every image, every v
+    scores = features @ dirs.to(features).T            # (N, n_dirs): every image, every v
     top = scores.topk(k, dim=0)                              # (k, n_dirs)
     indices, values = top.indices.T, top.values.T
     return (indices[0], values[0]) if single else (indices, values)
@@ -79,7 +79,7 @@ def top_k_along(features: torch.Tensor, directions: torch.Tensor,
 
 def unit_directions(units: int, idx: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
     """The basis vectors e_i for the units ``idx``: rows of the identity, (len(idx), units)."""
-    idx = torch.as_tensor(idx).reshape(-1, 1)
+    idx = torch.as_tensor(idx).cpu().reshape(-1, 1)
     return torch.zeros(len(idx), units).scatter_(1, idx, 1.0)
 
 

@@ -37,7 +37,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 204
 
 def error_rate(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The share of rows whose arg-max is not the label."""
-    return (logits.argmax(dim=1) != labels).float().mean().item()
+    return (logits.argmax(dim=1) != labels.to(logits.device)).float().mean().item()
 
 
 def evaluate(model: nn.Module, data: MNIST) -> float:

@@ -152,3 +152,17 @@ def test_conv_bound_agrees_with_the_cpu(device):
         conv = lambda x: torch.nn.functional.conv2d(x, w.to(device), stride=stride, padding=2)  # noqa: B023
         power = power_iteration_norm(conv, (1, 3, 16, 16), iters=300, device=device)
         assert float(power) <= float(cpu) * (1 + 1e-4) and float(power) >= 0.8 * float(cpu)
+
+
+def test_get_device_picks_the_best_and_honours_course_device(monkeypatch):
+    from course import get_device
+
+    monkeypatch.delenv("COURSE_DEVICE", raising=False)
+    best = "cuda" if "cuda" in DEVICES else ("mps" if "mps" in DEVICES else "cpu")
+    assert get_device().type == best
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    assert get_device() == torch.device("cpu")
+    for missing in sorted({"cuda", "mps"} - set(DEVICES)):
+        monkeypatch.setenv("COURSE_DEVICE", missing)
+        with pytest.raises(RuntimeError, match="not available here.*COURSE_DEVICE"):
+            get_device()

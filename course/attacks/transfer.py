@@ -48,9 +48,9 @@ def correct_for_all(models: Sequence[nn.Module], images: torch.Tensor, labels: t
     Attacking only these makes the numbers of different models comparable (same images) and means
     that any error measured afterwards is caused by the perturbation, not by the image.
     """
-    ok = torch.ones(len(labels), dtype=torch.bool)
+    ok = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
     for model in models:
-        ok &= predict_logits(model, images).argmax(1) == labels.cpu()
+        ok &= predict_logits(model, images).argmax(1).to(labels.device) == labels
     return ok
 
 
@@ -122,7 +122,7 @@ def transfer_heatmap(ours, rows: Sequence[str], cols: Sequence[str], paper=None,
     import matplotlib.pyplot as plt
     import numpy as np
 
-    ours = np.asarray(ours, dtype=float)
+    ours = np.asarray(ours.detach().cpu() if isinstance(ours, torch.Tensor) else ours, dtype=float)
     paper = np.full_like(ours, np.nan) if paper is None else np.array(
         [[np.nan if v is None else v for v in row] for row in paper], dtype=float)
     if ax is None:
