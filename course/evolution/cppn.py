@@ -300,9 +300,13 @@ class CPPNEncoding:
         # First every node's input term, for all genomes at once: one matmul with the shared
         # (4, pixels) coordinates. Then, node by node, add the terms from earlier hidden nodes.
         HW = inputs.shape[1]
-        V = (ws[:, N_INPUTS:, :N_INPUTS].transpose(0, 1).reshape(-1, N_INPUTS) @ inputs).view(n - N_INPUTS, P, HW)
+        V = inputs.new_empty((n - N_INPUTS, P, HW))
         for k in range(N_INPUTS, n):
             j, m = k - N_INPUTS, sum(counts[k])          # m: genomes that have a k-th node
+            # Rows m and beyond (genomes too small to have node k) are never read: computed only
+            # up to 4 rows, for the BLAS kernel of 4+ rows (the one for 1-3 rows rounds differently).
+            r = min(P, max(m, 4))
+            torch.mm(ws[:r, k, :N_INPUTS], inputs, out=V[j, :r])
             if j:
                 V[j, :m] += torch.bmm(ws[:m, k:k + 1, N_INPUTS:k], V[:j, :m].transpose(0, 1)).squeeze(1)
             rows = group[:m, k]
@@ -315,7 +319,8 @@ class CPPNEncoding:
             V[j, :m].index_copy_(0, rows, x)
         # Where did each genome's output nodes land in its order?
         out_pos = _inverse(order, N)[:, N_INPUTS:N_INPUTS + self.n_outputs] - N_INPUTS
-        o = V.gather(0, out_pos.T[:, :, None].expand(self.n_outputs, P, HW)).transpose(0, 1)
+        flat, genome = V.view(-1, HW), torch.arange(P, device=V.device)
+        o = torch.stack([flat.index_select(0, out_pos[:, c] * P + genome) for c in range(self.n_outputs)], dim=1)
         return o.abs_().clamp_(max=1.0)
 
     # -- inspection --------------------------------------------------------------------------
