@@ -3,7 +3,7 @@
 Setting (the MNIST direct-encoding run of the paper): 10 cells (one per digit), 200 offspring per
 generation, every offspring competes for every cell, polynomial mutation (rate 0.1, η 15), the
 same classifier for both. The classifiers are *untrained* (seeded): speed does not depend on the
-weights. Timed on CPU with ``--threads`` torch threads.
+weights. Timed on the CPU with ``--threads`` torch threads (or ours on ``--device``, below).
 
 1. **Ours vs ribs**, FC100-100-10 classifier. The ribs loop keeps its elites in a
    ``ribs.archives.GridArchive`` with one measure (the class) and 10 cells over [0, 10). ribs puts a
@@ -43,7 +43,11 @@ to keep freed memory for reuse: large blocks come from the heap and are never re
 loops alike. ``--default-malloc`` skips that, to see the other case.
 
     python benchmarks/bench_map_elites.py [--json] [--generations 50] [--rounds 5] [--threads 1]
-                                          [--default-malloc]
+                                          [--default-malloc] [--device cpu]
+
+``--device cuda``: ours runs there entirely (archive, mutation, forward pass); ribs' loop keeps its
+archive in numpy on the CPU, as ribs does, mutates on the device (the same function as ours) and
+moves each generation there and back.
 """
 from __future__ import annotations
 
@@ -75,9 +79,9 @@ def keep_freed_memory() -> str:
     return "glibc, mmap and trim thresholds 1 GiB" if ok else "default (mallopt refused)"
 
 
-def seeded_model(name: str, seed: int = 0):
+def seeded_model(name: str, seed: int = 0, device="cpu"):
     torch.manual_seed(seed)
-    return build_model(name).eval()
+    return build_model(name).eval().to(device)
 
 
 def ours_seconds_per_generation(model, encoding, generations: int, offspring: int, seed: int = 0) -> float:
@@ -88,8 +92,13 @@ def ours_seconds_per_generation(model, encoding, generations: int, offspring: in
     return (time.perf_counter() - t) / (generations + 1)
 
 
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def ribs_seconds_per_generation(model, encoding: DirectEncoding, generations: int, offspring: int,
-                                seed: int = 0, layout: str = "one") -> float:
+                                seed: int = 0, layout: str = "one", device="cpu") -> float:
     """The same loop with pyribs GridArchives (every-cell insertion emulated, see the docstring).
 
     ``layout="one"``: one archive, 10 cells, each offspring added 10 times (one add of 2,000).
@@ -100,7 +109,7 @@ def ribs_seconds_per_generation(model, encoding: DirectEncoding, generations: in
 
     n_cells = 10
     shape = encoding.image_shape
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     rng = np.random.default_rng(seed)
 
     def new_archives():
@@ -111,8 +120,8 @@ def ribs_seconds_per_generation(model, encoding: DirectEncoding, generations: in
                 for c in range(n_cells)]
 
     def insert(archives, children: torch.Tensor):
-        probs = classify(model, children).numpy()                       # (B, 10)
-        B, x = len(children), children.numpy()
+        probs = classify(model, children).cpu().numpy()                 # (B, 10)
+        B, x = len(children), children.cpu().numpy()
         if layout == "one":
             archives[0].add(solution=np.repeat(x[None], n_cells, axis=0).reshape(n_cells * B, *shape),
                             objective=probs.T.reshape(-1),              # copy c scored by p_c
@@ -133,7 +142,7 @@ def ribs_seconds_per_generation(model, encoding: DirectEncoding, generations: in
         for gen in range(1, gens + 1):
             # sample_elites returns a fresh copy (fancy indexing), so mutate it in place, as ours
             # mutates its freshly gathered parents (DirectEncoding.mutate_).
-            insert(archives, encoding.mutate_(torch.from_numpy(parents(archives)), g, gen))
+            insert(archives, encoding.mutate_(torch.from_numpy(parents(archives)).to(device), g, gen))
         return archives
 
     run(2)  # warm-up (numba compiles)
@@ -144,28 +153,32 @@ def ribs_seconds_per_generation(model, encoding: DirectEncoding, generations: in
     return elapsed / (generations + 1)
 
 
-def forward_seconds(model, offspring: int, generations: int) -> float:
+def forward_seconds(model, offspring: int, generations: int, device="cpu") -> float:
     """Time of the classifier's forward pass (+ softmax) on one generation's images."""
-    images = torch.rand(offspring, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(offspring, 1, 28, 28, generator=torch.Generator().manual_seed(0)).to(device)
     classify(model, images)
+    _sync(device)
     t = time.perf_counter()
     for _ in range(generations + 1):
         classify(model, images)
+    _sync(device)
     return (time.perf_counter() - t) / (generations + 1)
 
 
-def mutation_seconds(encoding: DirectEncoding, offspring: int, generations: int) -> float:
+def mutation_seconds(encoding: DirectEncoding, offspring: int, generations: int, device="cpu") -> float:
     """Time of one generation's mutation (copy the parents, mutate in place), as both loops do it."""
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     parents = encoding.random(offspring, g)
     encoding.mutate_(parents.clone(), g, 1)
+    _sync(device)
     t = time.perf_counter()
     for gen in range(1, generations + 2):
         encoding.mutate_(parents.clone(), g, gen)
+    _sync(device)
     return (time.perf_counter() - t) / (generations + 1)
 
 
-def archive_ops_seconds(offspring: int, generations: int, seed: int = 0) -> tuple[float, float]:
+def archive_ops_seconds(offspring: int, generations: int, seed: int = 0, device="cpu") -> tuple[float, float]:
     """The archive's own work per generation, nothing else: draw parents, insert 200 scored children.
 
     Ours: ``sample_parents`` + ``take`` + ``update``; ribs: ``sample_elites`` + ``add`` of the 10×
@@ -179,12 +192,16 @@ def archive_ops_seconds(offspring: int, generations: int, seed: int = 0) -> tupl
     g = torch.Generator().manual_seed(seed)
     children = torch.rand(generations + 1, offspring, 1, 28, 28, generator=g)
     probs = torch.softmax(10 * torch.randn(generations + 1, offspring, 10, generator=g), dim=2)
-    archive = Archive(10)
-    archive.update(children[0], children[0], probs[0])
+    gd = torch.Generator(device=device).manual_seed(seed)
+    cd, pd = children.to(device), probs.to(device)
+    archive = Archive(10, device=torch.device(device))
+    archive.update(cd[0], cd[0], pd[0])
+    _sync(device)
     t = time.perf_counter()
     for i in range(1, generations + 1):
-        take(archive.genomes, archive.sample_parents(offspring, g))
-        archive.update(children[i], children[i], probs[i])
+        take(archive.genomes, archive.sample_parents(offspring, gd))
+        archive.update(cd[i], cd[i], pd[i])
+    _sync(device)
     ours = (time.perf_counter() - t) / generations
 
     x, p = children.numpy(), probs.numpy()
@@ -207,6 +224,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     ap.add_argument("--offspring", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where ours runs (and the classifier, for both)")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc's allocator as it is (ribs' loop then page-faults; see the docstring)")
     args = ap.parse_args(argv)
@@ -214,18 +232,19 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     G, B = args.generations, args.offspring
     enc = DirectEncoding()
-    fc, lenet = seeded_model("fc100_100_10"), seeded_model("lenet")
+    dev = args.device
+    fc, lenet = seeded_model("fc100_100_10", device=dev), seeded_model("lenet", device=dev)
 
     # Every measurement is repeated in interleaved rounds (the machine may be shared) and the
     # median taken, so all contenders see the same background load.
     runs = {"ours_fc": lambda: ours_seconds_per_generation(fc, enc, G, B),
-            "ribs_fc": lambda: ribs_seconds_per_generation(fc, enc, G, B, layout="one"),
-            "ribs10_fc": lambda: ribs_seconds_per_generation(fc, enc, G, B, layout="ten"),
+            "ribs_fc": lambda: ribs_seconds_per_generation(fc, enc, G, B, layout="one", device=dev),
+            "ribs10_fc": lambda: ribs_seconds_per_generation(fc, enc, G, B, layout="ten", device=dev),
             "ours_lenet": lambda: ours_seconds_per_generation(lenet, enc, G, B),
-            "fwd_lenet": lambda: forward_seconds(lenet, B, G),
-            "fwd_fc": lambda: forward_seconds(fc, B, G),
-            "mutation": lambda: mutation_seconds(enc, B, G),
-            "archive_ops": lambda: archive_ops_seconds(B, G)}
+            "fwd_lenet": lambda: forward_seconds(lenet, B, G, dev),
+            "fwd_fc": lambda: forward_seconds(fc, B, G, dev),
+            "mutation": lambda: mutation_seconds(enc, B, G, dev),
+            "archive_ops": lambda: archive_ops_seconds(B, G, device=dev)}
     times = {k: [] for k in runs}
     for _ in range(args.rounds):
         for k, f in runs.items():
@@ -245,7 +264,7 @@ def main(argv=None):
 
     import ribs
     out = {"benchmark": "map_elites", "offspring": B, "generations_per_run": G, "rounds": args.rounds,
-           "cells": 10, "threads": args.threads, "allocator": allocator, "classifiers": "untrained, seeded",
+           "cells": 10, "threads": args.threads, "device": dev, "allocator": allocator, "classifiers": "untrained, seeded",
            "ribs_version": ribs.__version__,
            "fc100_100_10": {"ours_gen_per_s": round(1 / ours_fc, 1), "ribs_gen_per_s": round(1 / ribs_fc, 1),
                             "speedup_vs_ribs": round(float(speed_ribs), 2),
@@ -265,7 +284,7 @@ def main(argv=None):
         f, a, l = out["fc100_100_10"], out["archive_ops_only"], out["lenet"]
         print(f"MAP-Elites, direct encoding, {B} offspring/generation, 10 cells, every-cell insertion; "
               f"median of {args.rounds} interleaved rounds of {G} generations; {args.threads} thread(s); "
-              f"untrained classifiers; allocator: {allocator}")
+              f"untrained classifiers; device {dev}; allocator: {allocator}")
         print(f"FC100-100-10 whole loop: ours {f['ours_gen_per_s']} gen/s; ribs {out['ribs_version']} one 10-cell "
               f"archive {f['ribs_gen_per_s']} gen/s → {f['speedup_vs_ribs']}×; ten 1-cell archives "
               f"{f['ribs_ten_archives_gen_per_s']} gen/s → {f['speedup_vs_ribs_ten_archives']}×")
