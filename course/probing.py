@@ -71,7 +71,7 @@ def top_k_along(features: torch.Tensor, directions: torch.Tensor,
     """
     single = directions.dim() == 1
     dirs = directions.unsqueeze(0) if single else directions
-    scores = features @ dirs.to(features).T            # (N, n_dirs): every image, every v
+    scores = features @ dirs.to(features).T                  # (N, n_dirs): every image, every v
     top = scores.topk(k, dim=0)                              # (k, n_dirs)
     indices, values = top.indices.T, top.values.T
     return (indices[0], values[0]) if single else (indices, values)

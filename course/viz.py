@@ -38,7 +38,7 @@ def curves(series: dict, xlabel: str = "epoch", ylabel: str = "", title: str = "
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     for name, ys in series.items():
-        ys = [float(y) for y in ys]  # tensors (on any device) or numbers
+        ys = [float("nan") if y is None else float(y) for y in ys]  # numbers or tensors, on any device
         ax.plot(range(1, len(ys) + 1), ys, marker="o" if len(ys) < 20 else None, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
