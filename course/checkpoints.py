@@ -60,7 +60,7 @@ def save_object(obj, config: dict, info: dict, name: str, folder: Path | None = 
 
 
 @contextmanager
-def making(name: str, config: dict, folder: Path | None = None, what: str = "training"):
+def making(name: str, config: dict, folder: Path | None = None):
     """Hold the lock of checkpoint ``NAME-KEY`` while the body checks for it and makes it.
 
     Another process that enters ``making`` for the same checkpoint waits, saying so on stderr, and
@@ -74,7 +74,7 @@ def making(name: str, config: dict, folder: Path | None = None, what: str = "tra
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            print(f"Waiting for another process that is {what} {pt.stem} (lock: {lock.lock_file}) ...",
+            print(f"Waiting for another process that is training {pt.stem} (lock: {lock.lock_file}) ...",
                   file=sys.stderr, flush=True)
             lock.acquire()
     except OSError:  # read-only cache: nothing could be saved there anyway

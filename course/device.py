@@ -15,21 +15,23 @@ def get_device(prefer: str | None = None) -> torch.device:
     choice = prefer or os.environ.get("COURSE_DEVICE")
     if choice:
         dev = torch.device(choice)
-        mps = getattr(torch.backends, "mps", None)
-        missing = {"cuda": "CUDA" if not torch.cuda.is_available() else None,
-                   "mps": "Apple's MPS" if not (mps is not None and mps.is_available()) else None}.get(dev.type)
-        if missing:
+        if (dev.type == "cuda" and not torch.cuda.is_available()) or (dev.type == "mps" and not _mps_available()):
             raise RuntimeError(
-                f"Device {choice!r} was asked for but {missing} is not available here. "
+                f"Device {choice!r} was asked for but {'CUDA' if dev.type == 'cuda' else 'MPS'} is not available here. "
                 "Unset COURSE_DEVICE (or pass prefer=None) to use the CPU."
             )
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    """Apple's MPS backend is built into this torch and usable here."""
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -7,11 +7,14 @@ rounding. On a machine with a GPU, run ``pytest tests/test_device.py -n 0``.
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from course.attacks import distortion, lbfgs_attack
 from course.data import load_mnist
+from course.device import _mps_available
 from course.evolution import CPPNEncoding, DirectEncoding, map_elites
 from course.evolution.map_elites import classify
 from course.fooling import gradient_ascent
@@ -20,17 +23,7 @@ from course.stability import conv_operator_norm, power_iteration_norm
 from course.train import fit
 
 
-def _devices() -> list[str]:
-    found = ["cpu"]
-    if torch.cuda.is_available():
-        found.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        found.append("mps")
-    return found
-
-
-DEVICES = _devices()
+DEVICES = ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * _mps_available()
 ACCELERATORS = [d for d in DEVICES if d != "cpu"] or [pytest.param("cuda", marks=pytest.mark.skip(
     reason="no CUDA or MPS device here: the CPU-vs-accelerator comparisons need one"))]
 
@@ -44,18 +37,14 @@ def _on(t: torch.Tensor, device: str) -> bool:
     return t.device.type == torch.device(device).type
 
 
-_TRAINED: dict[str, dict] = {}
-
-
+@functools.cache
 def _trained(name: str) -> dict:
     """Weights of ``name`` trained briefly on 2,000 real digits (an untrained net is too flat to
     attack), once per test session."""
-    if name not in _TRAINED:
-        torch.manual_seed(0)
-        model = build_model(name)
-        fit(model, load_mnist("train", n=2000, seed=0), epochs=3, seed=0, progress=False)
-        _TRAINED[name] = model.eval().state_dict()
-    return _TRAINED[name]
+    torch.manual_seed(0)
+    model = build_model(name)
+    fit(model, load_mnist("train", n=2000, seed=0), epochs=3, seed=0, progress=False)
+    return model.eval().state_dict()
 
 
 @pytest.fixture(scope="module")
