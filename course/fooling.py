@@ -124,3 +124,27 @@ def gradient_ascent(model: nn.Module, targets, steps: int = 500, lr: float = 10.
         model.train(was_training)
     history = torch.stack(history).cpu()
     return AscentResult(x.detach(), history[-1].clone(), history, targets)
+
+
+def ascent_lr(model: nn.Module, targets, shape, rms_step: float = 0.02, seed: int = 0) -> float:
+    """A learning rate for :func:`gradient_ascent` that makes its first step move the pixels by
+    ``rms_step`` (root mean square, on the [0, 1] scale).
+
+    The gradient of log p_target has very different sizes for a trained ImageNet network, an
+    untrained one and an MNIST LeNet; fixing the size of the first step instead of the rate makes
+    one setting serve them all. Uses the same starting noise as ``gradient_ascent`` (same ``seed``).
+    """
+    targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    x = _start_noise(targets, shape, seed).to(device).requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            logp = torch.log_softmax(model(x).float(), dim=1)[torch.arange(len(targets)), targets.to(device)]
+            (grad,) = torch.autograd.grad(logp.sum(), x)
+    finally:
+        model.train(was_training)
+    rms = grad.pow(2).mean().sqrt().item()
+    return float(rms_step / rms) if rms > 0 else 1.0

