@@ -111,7 +111,8 @@ def conv_operator_norm(weight: torch.Tensor, input_size: int | Sequence[int], st
             (``padding`` per side).
         groups: grouped convolutions are block-diagonal; the norm is the largest block's.
         circular: compute the norm of the circular convolution on the ``input_size`` torus
-            (``padding`` is then ignored; the size must be a multiple of the stride).
+            (``padding`` is then ignored; the size must be a multiple of the stride; a kernel
+            larger than the torus wraps around it).
 
     Batched: one ``fft2`` over all (real) kernels, one batched :func:`spectral_norm` over all
     frequencies.
@@ -131,7 +132,10 @@ def conv_operator_norm(weight: torch.Tensor, input_size: int | Sequence[int], st
     else:
         Mh, Mw = _round_up(H + 2 * ph, sh), _round_up(W + 2 * pw, sw)
     if kh > Mh or kw > Mw:
-        raise ValueError(f"Kernel {(kh, kw)} larger than the grid {(Mh, Mw)}.")
+        if not circular:  # cannot happen with the padded size, which holds at least one window
+            raise ValueError(f"Kernel {(kh, kw)} larger than the grid {(Mh, Mw)}.")
+        weight = _wrap_kernel(weight, Mh, Mw)  # on a small torus the taps wrap around and add up
+        kh, kw = weight.shape[-2:]
     nh, nw = Mh // sh, Mw // sw  # size of the output torus (and of the ξ grid)
 
     # ŵ on the full M-grid (fft2 zero-pads the kernel to M×M): (G, D/G, C/G, Mh, Mw)
@@ -251,6 +255,72 @@ def power_iteration_norm(layer_fn: Callable[[torch.Tensor], torch.Tensor],
         return layer_fn(v).norm()
 
 
+def lanczos_norm(layer_fn: Callable[[torch.Tensor], torch.Tensor], input_shape: Sequence[int],
+                 iters: int = 50, seed: int = 0, dtype: torch.dtype = torch.float32,
+                 device=None, final: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 ) -> torch.Tensor:
+    """‖J‖₂ of a *linear* map ``layer_fn``, by the Lanczos method on JᵀJ: power iteration, sped up.
+
+    Power iteration is slow on a big convolution: the top of its spectrum is a continuum (the
+    singular values at neighbouring frequencies are almost equal), and after k steps the estimate
+    is still about ``1/(4k)`` too low (measured on EfficientNet-Lite0's ``blocks.1.0.conv_dw`` on
+    112×112: 2e-3 after 100 steps, 1.3e-3 after 200). Lanczos uses the same k products ``JᵀJ v``
+    from the same random start, but returns the best vector of the whole Krylov space they span
+    instead of the last one (which is in that space): an error of about ``1/k²`` (4e-4 after
+    50 steps there).
+
+    Two passes of the three-term recurrence, each storing three vectors (no re-orthogonalisation):
+    the first builds the tridiagonal matrix T, the second sums the Lanczos vectors with the
+    weights of T's top eigenvector into a vector v. Returns ``‖J v‖ / ‖v‖``: like
+    :func:`power_iteration_norm`, a *lower* bound on ‖J‖₂ for an explicit vector v, however
+    rounding disturbed the recurrence, up to the rounding of that last pass: in float32 it can
+    land 1e-5 above ‖J‖₂ on a layer with a million inputs. ``final``, the same map in float64
+    (or None), evaluates that ratio once in float64 instead. Costs ``2 · iters`` forward and
+    backward passes.
+    """
+    g = torch.Generator().manual_seed(seed)
+    q0 = torch.randn(tuple(input_shape), generator=g, dtype=dtype).to(device)
+    q0 = q0 / q0.norm()
+    alphas, betas, _ = _lanczos_pass(layer_fn, q0, iters)
+    k = len(alphas)
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if k > 1:
+        off = torch.tensor(betas[: k - 1], dtype=torch.float64)
+        t = t + torch.diag(off, 1) + torch.diag(off, -1)
+    top = torch.linalg.eigh(t).eigenvectors[:, -1]
+    *_, v = _lanczos_pass(layer_fn, q0, k, coeffs=top.tolist())
+    with torch.no_grad():
+        if final is not None:
+            v = v.double()
+            return final(v).norm() / v.norm()
+        return layer_fn(v).norm() / v.norm()
+
+
+def _lanczos_pass(layer_fn, q: torch.Tensor, iters: int, coeffs: Sequence[float] | None = None):
+    """``iters`` Lanczos steps on JᵀJ from the unit vector q: (alphas, betas, Σ coeffs_j q_j).
+    Stops early when the Krylov space is invariant (β ≈ 0: JᵀJ has few distinct eigenvalues)."""
+    q_prev, beta = torch.zeros_like(q), 0.0
+    alphas: list[float] = []
+    betas: list[float] = []
+    acc = torch.zeros_like(q) if coeffs is not None else None
+    for j in range(iters):
+        if acc is not None:
+            acc += coeffs[j] * q
+            if j == iters - 1:
+                break
+        x = q.detach().requires_grad_(True)
+        y = layer_fn(x)
+        (w,) = torch.autograd.grad(y, x, grad_outputs=y.detach())  # Jᵀ(J q)
+        alpha = float((q * w).sum())
+        w = w - alpha * q - beta * q_prev
+        alphas.append(alpha)
+        betas.append(float(w.norm()))
+        if betas[-1] <= 1e-6 * max(abs(a) for a in alphas):
+            break
+        q_prev, q, beta = q, w / betas[-1], betas[-1]
+    return alphas, betas, acc
+
+
 # --- a whole model ------------------------------------------------------------------------------
 
 def layer_bounds(model: nn.Module, input_shape: Sequence[int]) -> list[LayerBound]:
@@ -324,6 +394,15 @@ def _trace_leaf_inputs(model: nn.Module, input_shape: Sequence[int]) -> dict[str
         for h in handles:
             h.remove()
     return seen
+
+
+def _wrap_kernel(weight: torch.Tensor, Mh: int, Mw: int) -> torch.Tensor:
+    """The kernel of the same circular convolution on an Mh×Mw torus: tap (i, j) lands on
+    (i mod Mh, j mod Mw), and taps landing on the same pixel add up."""
+    *lead, kh, kw = weight.shape
+    qh, qw = -(-kh // Mh), -(-kw // Mw)
+    padded = torch.nn.functional.pad(weight, (0, qw * Mw - kw, 0, qh * Mh - kh))
+    return padded.reshape(*lead, qh, Mh, qw, Mw).sum(dim=(-4, -2))
 
 
 def _pair(v) -> tuple[int, int]:
