@@ -89,6 +89,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "imagenet.ascent.rms_step": 0.02,  # size of the first step (RMS over pixels) sets the rate
         "imagenet.retrain.photo_crops": 2, # natural images for the 1001-class head: crops per photograph
         "imagenet.retrain.epochs": 2,
+        "imagenet.retrain.generations": 2,  # CPPN generations against the retrained network
     },
     "default": {
         "data.n_train": None,
@@ -152,15 +153,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "imagenet.bounds.power_iters": 50,
         "imagenet.cppn.image_size": 224,
         "imagenet.cppn.ten_crop": False,
-        "imagenet.cppn.initial": 200,
-        "imagenet.cppn.offspring": 200,
-        "imagenet.cppn.generations": 40,
+        "imagenet.cppn.initial": 300,
+        "imagenet.cppn.offspring": 300,
+        "imagenet.cppn.generations": 150,
         "imagenet.direct.generations": 10,
-        "imagenet.ascent.n_classes": 20,
-        "imagenet.ascent.steps": 40,
+        "imagenet.ascent.n_classes": 12,
+        "imagenet.ascent.steps": 50,
         "imagenet.ascent.rms_step": 0.02,
         "imagenet.retrain.photo_crops": 16,
         "imagenet.retrain.epochs": 10,
+        "imagenet.retrain.generations": 50,
     },
     "paper": {
         "data.n_train": None,
@@ -233,6 +235,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "imagenet.ascent.rms_step": 0.02,
         "imagenet.retrain.photo_crops": 64,
         "imagenet.retrain.epochs": 20,
+        "imagenet.retrain.generations": 5000,
     },
 }
 
