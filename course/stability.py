@@ -35,6 +35,7 @@ ACTIVATION_LIPSCHITZ: dict[type, Callable[[nn.Module], float]] = {
     nn.Tanh: lambda m: 1.0,             # tanh'(0) = 1
     nn.Sigmoid: lambda m: 0.25,         # σ'(x) = σ(x)(1 − σ(x)) ≤ 1/4, at x = 0
     nn.Softplus: lambda m: 1.0,         # slope σ(βx) < 1
+    nn.SiLU: lambda m: 1.09984,         # x·σ(x): slope σ(x)(1 + x(1 − σ(x))) ≤ 1.099839 (x ≈ 2.3994)
     nn.LeakyReLU: lambda m: max(1.0, abs(m.negative_slope)),
     nn.ELU: lambda m: max(1.0, m.alpha),
 }
@@ -131,6 +132,8 @@ def conv_operator_norm(weight: torch.Tensor, input_size: int | Sequence[int], st
         Mh, Mw = H, W
     else:
         Mh, Mw = _round_up(H + 2 * ph, sh), _round_up(W + 2 * pw, sw)
+    if kh == 1 and kw == 1:  # a 1×1 kernel's DFT is the same at every frequency: one is enough
+        Mh, Mw = sh, sw
     if kh > Mh or kw > Mw:
         if not circular:  # cannot happen with the padded size, which holds at least one window
             raise ValueError(f"Kernel {(kh, kw)} larger than the grid {(Mh, Mw)}.")

@@ -57,7 +57,7 @@ from course.stability import (
 )
 
 __all__ = ["BlockBound", "ConvBN", "LayerCheck", "block_bounds", "conv_bn_bound",
-           "conv_bn_layers", "fold_bn", "network_bound", "power_iteration_check"]
+           "conv_bn_layers", "fold_bn", "format_checks", "network_bound", "power_iteration_check"]
 
 # timm's containers whose forward is the chain of their conv + BN (+ act) layers (+ the skip).
 _CHAINS = {"DepthwiseSeparableConv", "InvertedResidual", "EdgeResidual", "ConvBnAct",
@@ -241,6 +241,18 @@ def power_iteration_check(model: nn.Module, input_shape: Sequence[int], iters: i
             checks.append(LayerCheck(layer.name, fft, zero_pi, cfft, circ_pi,
                                      abs(cfft - circ_pi) / cfft))
     return checks
+
+
+def format_checks(checks: Sequence[LayerCheck]) -> str:
+    """A text table of :func:`power_iteration_check`'s result, one line per layer."""
+    lines = [f"{'':30s} {'zero padding (real layer)':^32s}   {'circular':^30s}",
+             f"{'layer':30s} {'FFT bound':>10s} {'iterative':>10s} {'ratio':>9s}   "
+             f"{'FFT':>10s} {'iterative':>10s} {'rel diff':>8s}"]
+    for c in checks:
+        lines.append(f"{c.name:30s} {c.fft_bound:10.4f} {c.power_iteration:10.4f} "
+                     f"{c.fft_bound / c.power_iteration:9.4f}   {c.circular_fft:10.4f} "
+                     f"{c.circular_power:10.4f} {c.rel_diff:8.1e}")
+    return "\n".join(lines)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
