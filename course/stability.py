@@ -35,7 +35,7 @@ ACTIVATION_LIPSCHITZ: dict[type, Callable[[nn.Module], float]] = {
     nn.Tanh: lambda m: 1.0,             # tanh'(0) = 1
     nn.Sigmoid: lambda m: 0.25,         # σ'(x) = σ(x)(1 − σ(x)) ≤ 1/4, at x = 0
     nn.Softplus: lambda m: 1.0,         # slope σ(βx) < 1
-    nn.SiLU: lambda m: 1.09984,         # x·σ(x): slope σ(x)(1 + x(1 − σ(x))) ≤ 1.099839 (x ≈ 2.3994)
+    nn.SiLU: lambda m: 1.09984,         # x·σ(x): slope σ(x)(1 + x(1 − σ(x))) ≤ 1.099839
     nn.LeakyReLU: lambda m: max(1.0, abs(m.negative_slope)),
     nn.ELU: lambda m: max(1.0, m.alpha),
 }

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course.stability import (
+from course.stability import (  # noqa: F401  (network_bound: re-exported for the product)
     ACTIVATION_LIPSCHITZ, LayerBound, avgpool_bound, conv_operator_norm, dense_bound,
     lanczos_norm, network_bound, power_iteration_norm,
 )
@@ -101,7 +101,7 @@ class LayerCheck(NamedTuple):
 # --- one conv + batch-norm layer ------------------------------------------------------------------
 
 def bn_scale(bn: nn.Module | None, channels: int) -> torch.Tensor:
-    """Per-channel factor ``γ / √(running_var + ε)`` of a batch norm at evaluation (ones if None)."""
+    """Per-channel factor ``γ / √(running_var + ε)`` of a batch norm at evaluation (1 if None)."""
     if bn is None:
         return torch.ones(channels)
     if bn.running_var is None:
@@ -145,7 +145,7 @@ def conv_bn_bound(conv: nn.Conv2d, bn: nn.Module | None, input_size: int | Seque
     return conv_operator_norm(weight, extent, padding=0, **args)
 
 
-# --- walking the network ----------------------------------------------------------------------------
+# --- walking the network --------------------------------------------------------------------------
 
 def conv_bn_layers(model: nn.Module, input_shape: Sequence[int]) -> list[ConvBN]:
     """Every conv of ``model`` with the batch norm that follows it, in the order they run.
@@ -184,17 +184,22 @@ def block_bounds(model: nn.Module, input_shape: Sequence[int],
                 units.append((f"blocks.{i}.{j}", [block], bool(getattr(block, "has_skip", False))))
         units.append(("conv_head", [model.conv_head, model.bn2], False))
 
-        out = []
+        out, covered = [], 0
         for name, modules, skip in units:
             _check_supported(name, modules)
             inside = {id(m) for top in modules for m in top.modules()}
             layers = tuple(_layer_bound(r) for r in records if id(_module_of(r)) in inside)
+            covered += len(layers)
             if not layers:
                 raise RuntimeError(f"{name} did not run on the dummy forward pass.")
             branch = math.prod(layer.bound for layer in layers)
-            kind = "residual" if skip else ("conv" if name in ("conv_stem", "conv_head") else "block")
+            plain = "conv" if name in ("conv_stem", "conv_head") else "block"
+            kind = "residual" if skip else plain
             out.append(BlockBound(name, kind, 1.0 + branch if skip else branch,
                                   layers[0].input_shape, layers))
+        if covered != len(records):  # e.g. a conv after the pool (MobileNetV3's head)
+            raise NotImplementedError("Some convs or activations run outside conv_stem, blocks "
+                                      "and conv_head; block_bounds cannot place them.")
         out += _head_bounds(model, records)
     return out
 
@@ -225,7 +230,8 @@ def power_iteration_check(model: nn.Module, input_shape: Sequence[int], iters: i
         for layer in conv_bn_layers(model, input_shape):
             conv, shape = layer.conv, layer.input_shape
             p = conv.weight
-            real, real64 = (_real_operator(c, layer.bn) for c in (conv, copy.deepcopy(conv).double()))
+            real = _real_operator(conv, layer.bn)
+            real64 = _real_operator(copy.deepcopy(conv).double(), layer.bn)
             weight = fold_bn(conv, layer.bn)
             circ, circ64 = (_circular_conv(w, shape[-2:], conv.stride, conv.dilation, conv.groups)
                             for w in (weight, weight.double()))
@@ -255,7 +261,7 @@ def format_checks(checks: Sequence[LayerCheck]) -> str:
     return "\n".join(lines)
 
 
-# --- helpers ----------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 
 def _real_operator(conv: nn.Conv2d, bn: nn.Module | None):
     """``x ↦ s ⊙ (conv(x) − conv bias)``: conv + BN at evaluation less its constant term, run by

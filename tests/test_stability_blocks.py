@@ -44,7 +44,7 @@ def _conv(*args, seed=0, **kwargs):
     return nn.Conv2d(*args, **kwargs).eval()
 
 
-# --- batch norm folding ----------------------------------------------------------------------------
+# --- batch norm folding ---------------------------------------------------------------------------
 
 def test_fold_bn_is_conv_then_eval_batchnorm_less_its_constant():
     conv, bn = _conv(3, 5, 3, padding=1, bias=True, seed=1), _bn(5, seed=2)
@@ -85,7 +85,7 @@ def test_depthwise_bn_bound_by_hand():
     assert float(conv_operator_norm(misread, 8, circular=True)) > 30
 
 
-# --- one layer against an iterative lower bound ----------------------------------------------------
+# --- one layer against an iterative lower bound ---------------------------------------------------
 
 def _timm_conv(*args, **kwargs):
     timm_layers = pytest.importorskip("timm.layers")
@@ -171,7 +171,7 @@ def test_circular_kernel_wraps_on_a_small_torus():
     assert float(conv_operator_norm(w, 2, circular=True)) == pytest.approx(exact, rel=1e-10)
 
 
-# --- whole blocks and networks ----------------------------------------------------------------------
+# --- whole blocks and networks --------------------------------------------------------------------
 
 def _random_lite0(seed=0):
     timm = pytest.importorskip("timm")
@@ -282,7 +282,7 @@ def test_power_iteration_check_random_lite0():
     assert "conv_stem+bn1" in format_checks(checks)
 
 
-# --- the real network -------------------------------------------------------------------------------
+# --- the real network -----------------------------------------------------------------------------
 
 LITE0_STAGES = [1, 2, 2, 3, 3, 4, 1]  # blocks per stage
 
