@@ -15,6 +15,7 @@ If every layer φ_k satisfies ``‖φ_k(x + r) − φ_k(x)‖ ≤ L_k ‖r‖``,
 - **contrast normalisation** ``x ↦ x / (ε + ‖x‖²)^γ``: ``ε^(−γ)`` (:func:`contrast_norm_bound`).
 
 A large product does not prove that adversarial examples exist; a small one would rule them out.
+Networks with batch norm and residual blocks (timm's EfficientNets): :mod:`course.stability_blocks`.
 
 >>> from course.models import build_model
 >>> bounds = layer_bounds(build_model("lenet"), (1, 1, 28, 28))

@@ -261,6 +261,18 @@ def test_residual_rule_by_hand_and_tight(skip):
     assert units["global_pool"].bound == pytest.approx(1 / 6)
 
 
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_power_iteration_check_by_hand(method):
+    model = _tiny_efficientnet(2.5, skip=True)
+    checks = power_iteration_check(model, (1, 4, 6, 6), iters=20, method=method)
+    assert [c.name for c in checks] == ["conv_stem+bn1", "blocks.0.0.conv_pw+bn1",
+                                        "blocks.0.0.conv_dw+bn2", "blocks.0.0.conv_pwl+bn3",
+                                        "conv_head+bn2"]
+    for c, expected in zip(checks, [1.0, 1.0, 2.5, 1.0, 1.0]):
+        for value in (c.fft_bound, c.power_iteration, c.circular_fft, c.circular_power):
+            assert value == pytest.approx(expected, rel=1e-5), c
+
+
 def test_unsupported_modules_are_refused():
     timm = pytest.importorskip("timm")
     with pytest.raises(NotImplementedError, match="SqueezeExcite"):
