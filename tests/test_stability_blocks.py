@@ -128,6 +128,21 @@ def test_tf_same_padding(stride, kernel, n):
     _check_layer(conv, _bn(6, seed=n), n)
 
 
+def test_tf_same_padding_by_hand():
+    """Kernel row [1, 0, −1], stride 2, on 6×6 with TF "same" padding (0 left, 1 right): the real
+    norm is 2·cos(π/7) = 1.8019 (written out as a 9×36 matrix). The torus of the padded size (8)
+    bounds it (2.0); the 6-torus, the padding left out, would not (√3)."""
+    conv = _timm_conv(1, 1, 3, stride=2, padding="same").eval()
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1] = torch.tensor([1.0, 0.0, -1.0])
+    jac = torch.autograd.functional.jacobian(conv, torch.zeros(1, 1, 6, 6)).reshape(9, 36)
+    exact = float(torch.linalg.svdvals(jac)[0])
+    assert exact == pytest.approx(2 * math.cos(math.pi / 7), rel=1e-6)
+    assert float(conv_bn_bound(conv, None, 6)) == pytest.approx(2.0, rel=1e-6)
+    assert float(conv_operator_norm(conv.weight, 6, stride=2, circular=True)) < exact
+
+
 def _check_layer(conv, bn, n):
     weight = fold_bn(conv, bn).double()
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().view(-1, 1, 1)
