@@ -15,6 +15,7 @@ If every layer φ_k satisfies ``‖φ_k(x + r) − φ_k(x)‖ ≤ L_k ‖r‖``,
 - **contrast normalisation** ``x ↦ x / (ε + ‖x‖²)^γ``: ``ε^(−γ)`` (:func:`contrast_norm_bound`).
 
 A large product does not prove that adversarial examples exist; a small one would rule them out.
+Networks with batch norm and residual blocks (timm's EfficientNets): :mod:`course.stability_blocks`.
 
 >>> from course.models import build_model
 >>> bounds = layer_bounds(build_model("lenet"), (1, 1, 28, 28))
@@ -35,6 +36,7 @@ ACTIVATION_LIPSCHITZ: dict[type, Callable[[nn.Module], float]] = {
     nn.Tanh: lambda m: 1.0,             # tanh'(0) = 1
     nn.Sigmoid: lambda m: 0.25,         # σ'(x) = σ(x)(1 − σ(x)) ≤ 1/4, at x = 0
     nn.Softplus: lambda m: 1.0,         # slope σ(βx) < 1
+    nn.SiLU: lambda m: 1.09984,         # x·σ(x): slope σ(x)(1 + x(1 − σ(x))) ≤ 1.099839
     nn.LeakyReLU: lambda m: max(1.0, abs(m.negative_slope)),
     nn.ELU: lambda m: max(1.0, m.alpha),
 }
@@ -131,6 +133,8 @@ def conv_operator_norm(weight: torch.Tensor, input_size: int | Sequence[int], st
         Mh, Mw = H, W
     else:
         Mh, Mw = _round_up(H + 2 * ph, sh), _round_up(W + 2 * pw, sw)
+    if kh == 1 and kw == 1:  # a 1×1 kernel's DFT is the same at every frequency: one is enough
+        Mh, Mw = sh, sw
     if kh > Mh or kw > Mw:
         if not circular:  # cannot happen with the padded size, which holds at least one window
             raise ValueError(f"Kernel {(kh, kw)} larger than the grid {(Mh, Mw)}.")
