@@ -181,7 +181,9 @@ def _wait_dead(pids: dict, seconds: float = 15) -> dict:
     return {k: _dead(p) for k, p in pids.items()}
 
 
-def _kill_leftovers(pids: dict):
+def _kill_leftovers(proc, pids: dict):
+    proc.kill()
+    proc.communicate()
     for p in pids.values():
         try:
             os.kill(p, signal.SIGKILL)
@@ -200,7 +202,7 @@ def test_a_killed_runner_takes_papermill_and_the_kernel_with_it(tmp_path):
         time.sleep(0.5)
         assert tick.stat().st_size == size, "something still writes into the run"
     finally:
-        _kill_leftovers(pids)
+        _kill_leftovers(proc, pids)
 
 
 def test_ctrl_c_stops_the_run_with_one_line(tmp_path):
@@ -215,4 +217,4 @@ def test_ctrl_c_stops_the_run_with_one_line(tmp_path):
         assert _wait_dead(pids) == {"kernel": True, "papermill": True}
         assert json.loads((tmp_path / "out" / "results.json").read_text())["interrupted"] is True
     finally:
-        _kill_leftovers(pids)
+        _kill_leftovers(proc, pids)
