@@ -13,6 +13,7 @@ follows within a second); Ctrl-C stops them all and keeps what finished. Each ke
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -121,22 +122,36 @@ _CHILDREN: set[subprocess.Popen] = set()
 _CHILDREN_LOCK = threading.Lock()
 _STOPPING = threading.Event()  # set on Ctrl-C: a worker thread must not start another papermill
 PR_SET_PDEATHSIG = 1
+_PRCTL = None  # libc's prctl once looked up; False where there is none (not Linux)
 
 
-def _die_with_parent() -> None:
+def _prctl():
+    """libc's ``prctl``, looked up in the parent (a forked child of a threaded process must not dlopen)."""
+    global _PRCTL
+    if _PRCTL is None:
+        try:
+            import ctypes
+
+            _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+            _PRCTL.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        except (OSError, AttributeError):
+            _PRCTL = False
+    return _PRCTL
+
+
+def _die_with_parent(prctl, parent: int) -> None:
     """In the child, before papermill starts: on Linux, ask the kernel for SIGKILL when the runner dies.
 
     The runner may be killed without a chance to clean up (SIGKILL, the OOM killer, a closed
     terminal); the kernel papermill starts exits within a second of papermill (ipykernel polls its
-    parent), so nothing keeps writing into the run folder.
+    parent), so nothing keeps writing into the run folder. Linux sends the signal when the *thread*
+    that started the child ends: the pool's worker threads live until :func:`run_lessons` shuts
+    the pool down, after every child has ended. A runner that died before the request was made is
+    caught by comparing the parent's pid.
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the process group and stop_children remain
-        pass
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def stop_children(grace: float = 3.0) -> int:
@@ -161,9 +176,10 @@ def _spawn(cmd: list[str], env: dict) -> subprocess.Popen:
     if _STOPPING.is_set():
         raise RuntimeError("course run was interrupted; no new lesson is started")
     posix = os.name == "posix"
+    prctl = _prctl() if sys.platform.startswith("linux") else None
+    guard = functools.partial(_die_with_parent, prctl, os.getpid()) if prctl else None
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, start_new_session=posix,
-                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                            stdin=subprocess.DEVNULL, start_new_session=posix, preexec_fn=guard)
     with _CHILDREN_LOCK:
         _CHILDREN.add(proc)
     if _STOPPING.is_set():  # interrupted while it started: stop_children may have missed it
