@@ -74,11 +74,11 @@ def make_temp(path: Path) -> str:
     return tmp
 
 
-def _writer_alive(name: str, stem: str) -> bool:
-    """Whether the process that named the temp file ``name`` may still be writing it."""
+def _writer_alive(name: str, stem: str, age: float) -> bool:
+    """Whether the process that named the temp file ``name`` (``age`` seconds old) may still be writing it."""
     parts = name[len(stem):].split(".")  # HOST, PID, random, "tmp"
     if len(parts) < 4 or not parts[1].isdigit():
-        return False  # an older version's name (no writer recorded): a leftover
+        return age < UNNAMED_TMP_SECONDS  # an older version's name (no writer recorded): only age tells
     host, pid = parts[0], int(parts[1])
     if host != (socket.gethostname().replace(".", "_") or "host"):
         return True  # another machine's (a shared cache): only age tells
@@ -94,13 +94,14 @@ def _writer_alive(name: str, stem: str) -> bool:
 
 
 STALE_TMP_SECONDS = 24 * 3600  # a temp file this old is a leftover, whoever wrote it
+UNNAMED_TMP_SECONDS = 600  # one without a recorded writer (older versions): no save takes this long
 
 
 def remove_stale_temps(path: Path) -> list[Path]:
     """Delete the temp files that interrupted writes of ``path`` left beside it; return them.
 
     A temp file is stale when its writer is dead (same machine), when it has no recorded writer
-    (written by an older version), or when it is older than a day. Files we may not delete (another
+    (written by an older version) and is over ten minutes old, or when it is over a day old. Files we may not delete (another
     user's) are left alone.
     """
     path = Path(path)
@@ -109,8 +110,8 @@ def remove_stale_temps(path: Path) -> list[Path]:
         return removed
     for tmp in path.parent.glob(f"{glob.escape(stem)}*.tmp"):
         try:
-            old = time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS
-            if old or not _writer_alive(tmp.name, stem):
+            age = time.time() - tmp.stat().st_mtime
+            if age > STALE_TMP_SECONDS or not _writer_alive(tmp.name, stem, age):
                 tmp.unlink()
                 removed.append(tmp)
         except OSError:  # gone meanwhile, or not ours to delete

@@ -2,6 +2,7 @@
 import json
 import os
 import stat
+import time
 import warnings
 
 import pytest
@@ -65,6 +66,14 @@ def test_nan_weights_saved_with_their_digest_are_rejected(tmp_path):
         assert _load(tmp_path) is None
 
 
+def test_a_damaged_json_is_quarantined_with_its_weights(tmp_path):
+    _, pt, meta = _saved(tmp_path)
+    meta.write_text('{"config": {"name": ')
+    with pytest.warns(UserWarning, match="JSONDecodeError.*rebuilding it now"):
+        assert _load(tmp_path) is None
+    assert pt.with_name(pt.name + ".corrupt").exists() and meta.with_name(meta.name + ".corrupt").exists()
+
+
 def test_truncated_file_is_quarantined_and_said_so(tmp_path):
     _, pt, meta = _saved(tmp_path)
     pt.write_bytes(pt.read_bytes()[:100])
@@ -103,11 +112,18 @@ def test_temp_files_of_interrupted_saves_are_removed_by_the_next_save(tmp_path):
     killed = tmp_path / f".{pt.name}.{host}.{dead_pid}.xyz.tmp"
     live = tmp_path / f".{pt.name}.{host}.{os.getppid()}.qrs.tmp"  # a save still running elsewhere
     json_left = tmp_path / f".{meta.name}.{host}.{dead_pid}.j.tmp"
-    for f in (old_style, killed, live, json_left):
+    fresh_old_style = tmp_path / f".{pt.name}.def456.tmp"        # may be an older version saving now
+    ancient_live = tmp_path / f".{pt.name}.{host}.{os.getppid()}.old.tmp"
+    for f in (old_style, killed, live, json_left, fresh_old_style, ancient_live):
         f.write_bytes(b"half a file")
+    an_hour_ago, two_days_ago = time.time() - 3600, time.time() - 2 * 86400
+    os.utime(old_style, (an_hour_ago, an_hour_ago))
+    os.utime(ancient_live, (two_days_ago, two_days_ago))
     _saved(tmp_path)
     assert not old_style.exists() and not killed.exists() and not json_left.exists()
+    assert not ancient_live.exists(), "a day-old temp file is a leftover, whoever wrote it"
     assert live.exists(), "a temp file whose writer is alive was removed"
+    assert fresh_old_style.exists(), "a recent temp file without a recorded writer may be a save in progress"
     assert _no_warning_load(tmp_path) is not None
 
 
