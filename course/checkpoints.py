@@ -70,25 +70,31 @@ def save_object(obj, config: dict, info: dict, name: str, folder: Path | None = 
     caller keeps its object in memory rather than losing the work that made it.
     """
     pt, meta = checkpoint_paths(name, config, folder)
+    tmp = None
     try:
         pt.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(pt)
         tmp = make_temp(pt)
-    except PermissionError as e:
-        warnings.warn(f"Checkpoint {pt.name} was not saved: permission denied ({e}). It is used from "
-                      f"memory this time and rebuilt next time; to keep it, {_permission_hint(pt)}.",
-                      stacklevel=3)
-        return None
-    try:
         torch.save(obj, tmp)
         # The JSON (same config: the key is its hash) goes in first, so that a reader that finds the
         # weights always finds their JSON beside them.
         write_json_atomic(meta, {"config": config, "info": info, "sha256": file_sha256(tmp)})
         os.replace(tmp, pt)
+    except PermissionError as e:
+        _discard(tmp)
+        warnings.warn(f"Checkpoint {pt.name} was not saved: permission denied ({e}). It is used from "
+                      f"memory this time and rebuilt next time; to keep it, {_permission_hint(pt)}.",
+                      stacklevel=3)
+        return None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(tmp)
         raise
     return pt
+
+
+def _discard(tmp: str | None) -> None:
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
 
 
 @contextmanager

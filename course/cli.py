@@ -25,11 +25,13 @@ def _profile_for_run(given: str | None) -> str:
 def _stop_on_sigterm() -> None:
     """``kill PID`` ends a run the way Ctrl-C does: children stopped, what finished kept."""
     import signal
+    import threading
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _cmd_run(args) -> int:

@@ -189,6 +189,29 @@ def test_an_unwritable_cache_keeps_the_model_and_says_why(tmp_path, monkeypatch)
         folder.chmod(0o755)
 
 
+def test_a_checkpoint_that_cannot_replace_the_old_one_is_kept_in_memory(tmp_path, monkeypatch):
+    _saved(tmp_path)
+
+    def denied(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(checkpoints.os, "replace", denied)  # another user's file in a sticky folder
+    with pytest.warns(UserWarning, match="not saved: permission denied"):
+        assert save_checkpoint(build_model(NAME), CONFIG, {}, NAME, folder=tmp_path) is None
+    monkeypatch.undo()
+    assert not list(tmp_path.glob(".*.tmp")), "the refused save left its temp file"
+
+
+def test_the_lock_file_follows_the_umask(tmp_path):
+    old = os.umask(0o002)
+    try:
+        with checkpoints.making(NAME, CONFIG, tmp_path):
+            lock = checkpoint_paths(NAME, CONFIG, tmp_path)[0].with_suffix(".lock")
+            assert stat.S_IMODE(lock.stat().st_mode) & 0o060 == 0o060, "the class could not take the lock"
+    finally:
+        os.umask(old)
+
+
 def test_another_users_damaged_file_is_never_moved(tmp_path, monkeypatch):
     _, pt, _ = _saved(tmp_path)
     pt.write_bytes(b"damaged")
