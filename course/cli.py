@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -22,7 +23,8 @@ def _profile_for_run(given: str | None) -> str:
     return chosen
 
 
-def _stop_on_sigterm() -> None:
+@contextmanager
+def _sigterm_as_ctrl_c():
     """``kill PID`` ends a run the way Ctrl-C does: children stopped, what finished kept."""
     import signal
     import threading
@@ -30,8 +32,14 @@ def _stop_on_sigterm() -> None:
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-        signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _cmd_run(args) -> int:
@@ -40,10 +48,10 @@ def _cmd_run(args) -> int:
     profile = _profile_for_run(args.profile)
     if args.fresh:
         os.environ["COURSE_FRESH"] = "1"
-    _stop_on_sigterm()
     try:
-        out_dir, results = run_lessons(args.lessons, profile=profile, out=args.out, jobs=args.jobs,
-                                       timeout=args.timeout, force=args.force)
+        with _sigterm_as_ctrl_c():
+            out_dir, results = run_lessons(args.lessons, profile=profile, out=args.out, jobs=args.jobs,
+                                           timeout=args.timeout, force=args.force)
     except RunInterrupted as e:
         done = len(e.results["lessons"])
         print(f"\ncourse run: interrupted; {e.stopped} running lesson(s) stopped, {done} finished "

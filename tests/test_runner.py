@@ -205,10 +205,11 @@ def test_a_killed_runner_takes_papermill_and_the_kernel_with_it(tmp_path):
         _kill_leftovers(proc, pids)
 
 
-def test_ctrl_c_stops_the_run_with_one_line(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_stops_the_run_with_one_line(tmp_path, sig):
     proc, pids, _ = _start_run(tmp_path)
     try:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130
         assert "Traceback" not in err
