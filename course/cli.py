@@ -122,7 +122,10 @@ def _threads_line() -> str:
     """How many torch threads each kernel of ``course run`` gets, and why."""
     from .runner import kernel_threads
 
-    n, why = kernel_threads(1)
+    try:
+        n, why = kernel_threads(1)
+    except ValueError as e:
+        return str(e)
     if "OMP_NUM_THREADS" in why:
         return f"{n} per kernel ({why}, so `course run -j N` keeps it)"
     return f"{n} per kernel with -j 1 ({why}); -j N gives each kernel max(1, cores // N); OMP_NUM_THREADS overrides"

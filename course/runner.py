@@ -33,10 +33,13 @@ from .results import _fmt, write_json_atomic
 
 def find_notebooks(selection: list[str] | None, folder: Path | None = None) -> list[Path]:
     """Notebooks in ``folder`` (default ``solutions/``) matching ``selection`` ("01", "01_training_mnist")."""
+    default = folder is None
     folder = Path(folder or repo_root() / "solutions")
     every = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if not every:
-        raise FileNotFoundError(f"No lesson notebooks in {folder}.")
+        hint = (" A plain `pip install .` installs the package without its notebooks: run `course run` "
+                "from a checkout installed with `pip install -e .`." if default else "")
+        raise FileNotFoundError(f"No lesson notebooks in {folder}.{hint}")
     if not selection:
         return every
     chosen = []
@@ -109,8 +112,12 @@ def kernel_threads(jobs: int = 1) -> tuple[int, str]:
     each other and against anything else running — a training step of FC100-100-10 took 24x as long
     with 2 threads as with 1 on a busy 2-core machine. ``OMP_NUM_THREADS``, if set, wins.
     """
-    if os.environ.get("OMP_NUM_THREADS"):
-        return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS is set"
+    given = os.environ.get("OMP_NUM_THREADS")
+    if given:
+        if not given.strip().isdigit() or int(given) < 1:
+            raise ValueError(f"OMP_NUM_THREADS={given!r} is not a positive whole number of threads; "
+                             "set it to one (e.g. OMP_NUM_THREADS=1) or unset it to let the course choose.")
+        return int(given), "OMP_NUM_THREADS is set"
     cores = available_cores()
     jobs = max(1, jobs)
     return max(1, cores // jobs), f"{cores} cores // {jobs} job{'s' if jobs > 1 else ''}"
@@ -289,11 +296,12 @@ def run_lessons(selection: list[str] | None = None, profile: str = "default", ou
         raise ValueError(f"Unknown profile {profile!r}; use one of {', '.join(NAMES)}.")
     notebooks = find_notebooks(selection, folder)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    env = kernel_environment(profile, jobs)
+    threads, _ = kernel_threads(jobs)
     out_dir, how = run_folder(out, profile, stamp, force)
     print(how, flush=True)
-    env = kernel_environment(profile, jobs)
     _STOPPING.clear()
-    results = {"profile": profile, "started": stamp, "threads_per_kernel": int(env["OMP_NUM_THREADS"]),
+    results = {"profile": profile, "started": stamp, "threads_per_kernel": threads,
                "lessons": {}}
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:

@@ -88,6 +88,9 @@ def test_kernel_threads_are_cores_over_jobs_at_least_one(monkeypatch):
     assert runner.kernel_threads(4)[0] == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     assert runner.kernel_threads(4) == (5, "OMP_NUM_THREADS is set")
+    monkeypatch.setenv("OMP_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS='two' is not a positive whole number.*unset it"):
+        runner.kernel_threads(1)
 
 
 def test_doctor_shows_the_thread_choice(capsys, monkeypatch):
@@ -125,6 +128,20 @@ def test_grade_without_solutions_says_how_to_install(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert "solutions" in err and "pip install -e ." in err and "--solutions" in err
     assert "not one of our lessons" not in err
+
+
+def test_run_without_notebooks_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "repo_root", lambda: tmp_path)  # as in site-packages
+    assert main(["run", "00", "--profile", "ci"]) == 2
+    assert "pip install -e ." in capsys.readouterr().err
+
+
+def test_profile_errors_name_their_source_and_fix(monkeypatch):
+    from course.profiles import resolve_profile
+
+    monkeypatch.setenv("COURSE_PROFILE", "fast")
+    with pytest.raises(ValueError, match=r"'fast' \(from the environment variable COURSE_PROFILE\).*unset COURSE_PROFILE"):
+        resolve_profile("ci")
 
 
 # --- the runner's children ----------------------------------------------------------------------
