@@ -161,21 +161,52 @@ def _die_with_parent(prctl, parent: int) -> None:
         os._exit(1)
 
 
+def _descendants(proc: subprocess.Popen) -> list:
+    """Every process below papermill (its kernel runs in a session of its own, out of the group)."""
+    import psutil
+
+    try:
+        return psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
 def stop_children(grace: float = 3.0) -> int:
-    """Terminate every papermill the runner started (each in its own process group); return how many."""
+    """Terminate every papermill the runner started, its process group and its kernel; return how many.
+
+    SIGTERM first, then SIGKILL for whatever is still alive after ``grace`` seconds.
+    """
+    import psutil
+
     _STOPPING.set()
     with _CHILDREN_LOCK:
         children = [p for p in _CHILDREN if p.poll() is None]
+    below = [q for p in children for q in _descendants(p)]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for proc in children:
             try:
-                os.killpg(proc.pid, sig)
+                os.killpg(proc.pid, sig) if os.name == "posix" else proc.kill()
             except (ProcessLookupError, PermissionError):
                 pass
+        for q in below:
+            try:
+                q.send_signal(sig)
+            except psutil.Error:
+                pass
         deadline = time.monotonic() + grace
-        while any(p.poll() is None for p in children) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (any(p.poll() is None for p in children)
+                                               or any(_running(q) for q in below)):
             time.sleep(0.05)
     return len(children)
+
+
+def _running(q) -> bool:
+    import psutil
+
+    try:
+        return q.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _spawn(cmd: list[str], env: dict) -> subprocess.Popen:
@@ -284,6 +315,24 @@ def run_folder(out: Path | None, profile: str, stamp: str, force: bool = False) 
                     if earlier else f"run folder {folder}")
 
 
+def _stop_run(pool: ThreadPoolExecutor) -> int:
+    """Cancel the lessons not started, stop the running ones, wait for the pool; return how many stopped.
+
+    A second Ctrl-C (or SIGTERM) meanwhile is ignored, so the cleanup is never cut short.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = [signal.signal(s, signal.SIG_IGN) for s in signals] if main else []
+    try:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stopped = stop_children()
+        pool.shutdown(wait=True)
+    finally:
+        for s, handler in zip(signals, before):
+            signal.signal(s, handler)
+    return stopped
+
+
 def run_lessons(selection: list[str] | None = None, profile: str = "default", out: Path | None = None,
                 jobs: int = 1, timeout: int | None = None, folder: Path | None = None,
                 force: bool = False) -> tuple[Path, dict]:
@@ -301,8 +350,7 @@ def run_lessons(selection: list[str] | None = None, profile: str = "default", ou
     out_dir, how = run_folder(out, profile, stamp, force)
     print(how, flush=True)
     _STOPPING.clear()
-    results = {"profile": profile, "started": stamp, "threads_per_kernel": threads,
-               "lessons": {}}
+    results = {"profile": profile, "started": stamp, "threads_per_kernel": threads, "lessons": {}}
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
         futures = {nb.stem: pool.submit(run_one, nb, out_dir, profile, timeout, env) for nb in notebooks}
@@ -312,18 +360,13 @@ def run_lessons(selection: list[str] | None = None, profile: str = "default", ou
             mark = "ok" if entry["status"] == "ok" else "FAILED: " + entry.get("error", "")
             print(f"{name}: {mark} ({entry['seconds']} s)", flush=True)
     except KeyboardInterrupt:
-        main = threading.current_thread() is threading.main_thread()
-        before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # a second Ctrl-C waits
-        try:
-            pool.shutdown(wait=False, cancel_futures=True)
-            stopped = stop_children()
-            pool.shutdown(wait=True)
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, before)
+        stopped = _stop_run(pool)
         results["interrupted"] = True
         write_json_atomic(out_dir / "results.json", results)
         raise RunInterrupted(out_dir, results, stopped) from None
+    except BaseException:  # the runner itself failed: its lessons must not run on without it
+        _stop_run(pool)
+        raise
     pool.shutdown(wait=True)
     from .device import get_device
 

@@ -232,7 +232,7 @@ def test_ctrl_c_stops_the_run_with_one_line(tmp_path, sig):
         assert "Traceback" not in err
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert len(lines) == 1 and "interrupted" in lines[0] and "1 running lesson(s) stopped" in lines[0], err
-        assert _wait_dead(pids) == {"kernel": True, "papermill": True}
+        assert _wait_dead(pids, seconds=2) == {"kernel": True, "papermill": True}, "the kernel outlived the run"
         assert json.loads((tmp_path / "out" / "results.json").read_text())["interrupted"] is True
     finally:
         _kill_leftovers(proc, pids)
