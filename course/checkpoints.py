@@ -182,6 +182,10 @@ class CheckpointError(ValueError):
     """A checkpoint that loads but must not be used (its digest, config or values are wrong)."""
 
 
+class DigestMismatch(CheckpointError):
+    """The weights file's SHA-256 is not the one its JSON records."""
+
+
 def non_finite_tensors(obj, prefix: str = "") -> list[str]:
     """Names of the floating-point tensors in ``obj`` (a tensor, or dicts/lists of them) holding NaN or inf."""
     if isinstance(obj, torch.Tensor):
@@ -201,12 +205,14 @@ def _read_verified(pt: Path, meta: Path, config: dict) -> tuple[object, dict] | 
     saved = json.loads(text)
     if saved.get("config") != json.loads(json.dumps(config, default=str)):
         raise CheckpointError("its config does not match")
+    stamp = pt.stat().st_mtime_ns
     blob = pt.read_bytes()
     digest = hashlib.sha256(blob).hexdigest()
     if saved.get("sha256") not in (None, digest):
-        raise CheckpointError(f"its SHA-256 is {digest[:12]}…, not the {saved['sha256'][:12]}… its JSON "
-                              "records: the file was damaged or replaced")
-    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True), {**saved, "_digest": digest}
+        raise DigestMismatch(f"its SHA-256 is {digest[:12]}…, not the {saved['sha256'][:12]}… its JSON "
+                             "records: the file was damaged or replaced")
+    obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    return obj, {**saved, "_digest": digest, "_mtime_ns": stamp}
 
 
 def load_object(config: dict, name: str, folder: Path | None = None, check=None,
@@ -242,7 +248,7 @@ def load_object(config: dict, name: str, folder: Path | None = None, check=None,
         except CheckpointError as e:
             # A save in another process replaces the JSON, then the weights: a reader in between
             # sees a digest that does not match yet. Read once more before calling it damaged.
-            if attempt == 0 and "SHA-256" in str(e):
+            if attempt == 0 and isinstance(e, DigestMismatch):
                 time.sleep(0.2)
                 continue
             _quarantine(pt, _why(e))
@@ -250,13 +256,23 @@ def load_object(config: dict, name: str, folder: Path | None = None, check=None,
         except Exception as e:  # truncated file, wrong shapes, bad JSON
             _quarantine(pt, _why(e))
             return None
-    if saved.get("sha256") is None:  # an older checkpoint that passed every check: record its digest
-        try:
+    if saved.get("sha256") is None:
+        _record_digest(pt, meta, saved)
+    return obj, saved.get("info", {})
+
+
+def _record_digest(pt: Path, meta: Path, saved: dict) -> None:
+    """Give a checkpoint from before digests were kept, which just passed every check, its digest.
+
+    Skipped when the weights changed since they were read (a save in another process) or the JSON
+    cannot be written (another user's cache): the next load checks it again the same way.
+    """
+    try:
+        if pt.stat().st_mtime_ns == saved["_mtime_ns"]:
             write_json_atomic(meta, {"config": saved["config"], "info": saved.get("info", {}),
                                      "sha256": saved["_digest"]})
-        except OSError:
-            pass
-    return obj, saved.get("info", {})
+    except OSError:
+        pass
 
 
 def load_checkpoint(model: nn.Module, config: dict, name: str, folder: Path | None = None) -> dict | None:

@@ -232,3 +232,21 @@ def test_train_model_never_reports_a_damaged_checkpoint_as_cached(tmp_cache):
     with pytest.warns(UserWarning, match="SHA-256"):
         again = train_model("fc10_1", progress=False, device="cpu")
     assert not again.info["cached"] and again.info["test_error"] == first.info["test_error"]
+
+
+def test_a_save_in_progress_elsewhere_is_not_taken_for_damage(tmp_path, monkeypatch):
+    """Another process has replaced the JSON but not yet the weights: read again, do not quarantine."""
+    _, pt, meta = _saved(tmp_path)
+    new = build_model(NAME)
+    with torch.no_grad():
+        new.out.bias.fill_(0.5)
+    other = tmp_path / "other"
+    save_checkpoint(new, CONFIG, {"test_error": 0.1}, NAME, folder=other)
+    new_pt, new_meta = checkpoint_paths(NAME, CONFIG, other)
+    meta.write_text(new_meta.read_text())  # the JSON is already the new one ...
+    monkeypatch.setattr(checkpoints.time, "sleep", lambda s: pt.write_bytes(new_pt.read_bytes()))  # ... then the weights
+    fresh = build_model(NAME)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_checkpoint(fresh, CONFIG, NAME, folder=tmp_path) == {"test_error": 0.1}
+    assert float(fresh.out.bias[0]) == 0.5 and not list(tmp_path.glob("*.corrupt*"))
