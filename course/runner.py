@@ -217,7 +217,8 @@ def _spawn(cmd: list[str], env: dict) -> subprocess.Popen:
     prctl = _prctl() if sys.platform.startswith("linux") else None
     guard = functools.partial(_die_with_parent, prctl, os.getpid()) if prctl else None
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, start_new_session=posix, preexec_fn=guard)
+                            stdin=subprocess.DEVNULL, start_new_session=posix,
+                            preexec_fn=guard)  # noqa: PLW1509 (guard only calls prctl, looked up before the fork)
     with _CHILDREN_LOCK:
         _CHILDREN.add(proc)
     if _STOPPING.is_set():  # interrupted while it started: stop_children may have missed it

@@ -128,8 +128,9 @@ def test_temp_files_of_interrupted_saves_are_removed_by_the_next_save(tmp_path):
 
 
 def checkpoints_host():
-    from course.results import _tmp_prefix
     from pathlib import Path
+
+    from course.results import _tmp_prefix
 
     return _tmp_prefix(Path("x")).split(".")[2]
 

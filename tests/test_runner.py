@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def test_an_existing_run_in_out_is_refused_and_kept(tmp_path, capsys):
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
-    first, how1 = run_folder(None, "ci", "20260101-000000")
+    first, _ = run_folder(None, "ci", "20260101-000000")
     second, how2 = run_folder(None, "ci", "20260101-000000")
     assert first != second and second.name == "20260101-000000-ci-2"
     assert first.is_dir() and second.is_dir() and "new run folder" in how2
@@ -227,7 +226,7 @@ def test_ctrl_c_stops_the_run_with_one_line(tmp_path, sig):
     proc, pids, _ = _start_run(tmp_path)
     try:
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130
         assert "Traceback" not in err
         lines = [ln for ln in err.splitlines() if ln.strip()]
