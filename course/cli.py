@@ -6,16 +6,57 @@ import json
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def _cmd_run(args) -> int:
-    from .runner import format_table, run_lessons
+def _profile_for_run(given: str | None) -> str:
+    """``--profile``, else ``COURSE_PROFILE``, else ``default``; a bad name says where it came from."""
+    from .profiles import NAMES
 
+    env = os.environ.get("COURSE_PROFILE")
+    chosen = given or env or "default"
+    if chosen not in NAMES:
+        where = "--profile" if given else "the environment variable COURSE_PROFILE"
+        fix = "pass --profile with one of them" if given else "unset COURSE_PROFILE or set it to one of them"
+        raise ValueError(f"Unknown profile {chosen!r} (from {where}). Profiles: {', '.join(NAMES)}; {fix}.")
+    return chosen
+
+
+@contextmanager
+def _sigterm_as_ctrl_c():
+    """``kill PID`` ends a run the way Ctrl-C does: children stopped, what finished kept."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _cmd_run(args) -> int:
+    from .runner import RunInterrupted, format_table, run_lessons
+
+    profile = _profile_for_run(args.profile)
     if args.fresh:
         os.environ["COURSE_FRESH"] = "1"
-    out_dir, results = run_lessons(args.lessons, profile=args.profile, out=args.out, jobs=args.jobs,
-                                   timeout=args.timeout)
+    try:
+        with _sigterm_as_ctrl_c():
+            out_dir, results = run_lessons(args.lessons, profile=profile, out=args.out, jobs=args.jobs,
+                                           timeout=args.timeout, force=args.force)
+    except RunInterrupted as e:
+        done = len(e.results["lessons"])
+        print(f"\ncourse run: interrupted; {e.stopped} running lesson(s) stopped, {done} finished "
+              f"lesson(s) kept in {e.out_dir}/results.json", file=sys.stderr)
+        return 130
     print()
     print(format_table(results))
     failed = [k for k, v in results["lessons"].items() if v["status"] != "ok"]
@@ -66,6 +107,7 @@ def doctor_report() -> dict:
         "npm": shutil.which("npm") or "not found",
         "imagenet": {name: (f"real ImageNet weights ({a['weights']})" if a["available"] else f"missing: {a['why']}")
                      for name, a in imagenet.items()},
+        "threads": _threads_line(),
     }
     todo = []
     if missing or bad:
@@ -77,6 +119,19 @@ def doctor_report() -> dict:
             todo.append(f"ImageNet {name} weights: {how}")
     report["todo"] = todo
     return report
+
+
+def _threads_line() -> str:
+    """How many torch threads each kernel of ``course run`` gets, and why."""
+    from .runner import kernel_threads
+
+    try:
+        n, why = kernel_threads(1)
+    except ValueError as e:
+        return str(e)
+    if "OMP_NUM_THREADS" in why:
+        return f"{n} per kernel ({why}, so `course run -j N` keeps it)"
+    return f"{n} per kernel with -j 1 ({why}); -j N gives each kernel max(1, cores // N); OMP_NUM_THREADS overrides"
 
 
 def _cmd_doctor(args) -> int:
@@ -116,10 +171,25 @@ def _cmd_build(args) -> int:
     return 1
 
 
+def _solutions_folder(given: Path | None) -> Path:
+    """Where ``course grade`` finds the solutions it grades against, or an error that says how to get them."""
+    from .lessons import repo_root
+
+    folder = Path(given) if given else repo_root() / "solutions"
+    if not any(folder.glob("[0-9][0-9]_*.ipynb")):
+        why = (f"{folder} holds no lesson notebooks" if folder.is_dir() else f"there is no {folder}")
+        raise FileNotFoundError(
+            f"course grade needs the course's solutions/ to grade against, but {why}. A plain `pip install .` "
+            "installs the package without them: install from the checkout with `pip install -e .`, or pass "
+            "--solutions PATH/TO/intriguing-course/solutions.")
+    return folder
+
+
 def _cmd_grade(args) -> int:
     from .grading import grade_notebooks
 
-    reports = grade_notebooks(args.submissions, timeout=args.timeout, keep=args.keep)
+    solutions = _solutions_folder(args.solutions)
+    reports = grade_notebooks(args.submissions, timeout=args.timeout, keep=args.keep, solutions_dir=solutions)
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=1, ensure_ascii=False))
     else:
@@ -146,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="execute lessons headless and print their numbers beside the paper's")
     r.add_argument("lessons", nargs="*", help="lessons to run (e.g. 01 or 01_training_mnist); default: all")
-    r.add_argument("--profile", default=os.environ.get("COURSE_PROFILE", "default"), choices=NAMES)
-    r.add_argument("--out", type=Path, help="output folder (default: $COURSE_CACHE/runs/<timestamp>)")
+    r.add_argument("--profile", default=None, choices=NAMES, help="default: $COURSE_PROFILE, else 'default'")
+    r.add_argument("--out", type=Path, help="output folder (default: a new $COURSE_CACHE/runs/<timestamp>); "
+                   "one that holds an earlier run is refused unless --force")
+    r.add_argument("--force", action="store_true", help="replace the earlier run in --out")
     r.add_argument("--jobs", "-j", type=int, default=1, help="notebooks run in parallel")
     r.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell")
     r.add_argument("--fresh", action="store_true", help="retrain models instead of reusing checkpoints")
@@ -168,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="one JSON record per submission, for a gradebook")
     g.add_argument("--timeout", type=float, default=600, help="seconds allowed per notebook (default 600)")
     g.add_argument("--keep", type=Path, help="keep the executed notebooks in this folder")
+    g.add_argument("--solutions", type=Path, help="the course's solutions/ folder (default: the checkout's)")
     g.set_defaults(fn=_cmd_grade)
     rep = sub.add_parser("report", help="an HTML + Markdown page of a run's numbers beside the papers', with figures")
     rep.add_argument("run_dir", nargs="?", type=Path, help="a `course run` folder (default: the newest under $COURSE_CACHE/runs)")
@@ -176,13 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _absolute_cache() -> None:
+    """A relative ``COURSE_CACHE`` means the caller's working directory, whoever reads it later."""
+    if os.environ.get("COURSE_CACHE"):
+        os.environ["COURSE_CACHE"] = os.path.abspath(os.path.expanduser(os.environ["COURSE_CACHE"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _absolute_cache()
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"course: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ncourse: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

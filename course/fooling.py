@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import validate
+
 
 @dataclass
 class AscentResult:
@@ -85,9 +87,13 @@ def gradient_ascent(model: nn.Module, targets, steps: int = 500, lr: float = 10.
         raise ValueError(f"decay must lie in [0, 1), got {decay}.")
     if blur_every < 0 or (blur_every and blur_sigma <= 0):
         raise ValueError(f"blur_every must be >= 0 and blur_sigma > 0, got {blur_every} and {blur_sigma}.")
-    targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+    targets = validate.class_indices(targets, "gradient_ascent").reshape(-1)
     if len(targets) == 0:
         raise ValueError("No targets given.")
+    validate.check_model(model, "gradient_ascent")
+    p = validate._param(model)
+    validate.probe(model, torch.zeros(1, *shape, dtype=p.dtype if p is not None else None,
+                                      device=p.device if p is not None else None), "gradient_ascent")
     from tqdm.auto import tqdm
 
     p = next(model.parameters(), None)

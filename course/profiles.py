@@ -246,9 +246,9 @@ def resolve_profile(name: str | None = None) -> str:
     chosen = env or name or "default"
     if chosen not in PROFILES:
         where = "the environment variable COURSE_PROFILE" if env else "the profile argument"
-        raise ValueError(
-            f"Unknown profile {chosen!r} (from {where}). Use one of: {', '.join(NAMES)}."
-        )
+        fix = ("unset COURSE_PROFILE (it overrides every notebook's profile) or set it to one of them"
+               if env else "pass one of them")
+        raise ValueError(f"Unknown profile {chosen!r} (from {where}). Profiles: {', '.join(NAMES)}; {fix}.")
     return chosen
 
 

@@ -6,10 +6,13 @@ print the paper's numbers beside ours. Each metric carries its data source, prof
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +41,97 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux's /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _tmp_prefix(path: Path) -> str:
+    """``.NAME.HOST.PID.``: a temp file names its writer, so a later save can tell a live write
+    from the leftover of a killed one."""
+    host = socket.gethostname().replace(".", "_") or "host"
+    return f".{path.name}.{host}.{os.getpid()}."
+
+
+def make_temp(path: Path) -> str:
+    """A new temp file beside ``path`` for an atomic write, with the mode a plain ``open`` would give.
+
+    ``mkstemp`` makes files ``0600`` whatever the umask; in a cache shared by a class (group
+    ``course``, umask 002) that would lock everyone else out of every file, so the mode is set to
+    ``0666 & ~umask``, exactly what ``open(path, "w")`` gives.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())
+    return tmp
+
+
+def _writer_alive(name: str, stem: str, age: float) -> bool:
+    """Whether the process that named the temp file ``name`` (``age`` seconds old) may still be writing it."""
+    parts = name[len(stem):].split(".")  # HOST, PID, random, "tmp"
+    if len(parts) < 4 or not parts[1].isdigit():
+        return age < UNNAMED_TMP_SECONDS  # an older version's name (no writer recorded): only age tells
+    host, pid = parts[0], int(parts[1])
+    if host != (socket.gethostname().replace(".", "_") or "host"):
+        return True  # another machine's (a shared cache): only age tells
+    if pid == os.getpid():
+        return False  # ours, and we write one file at a time: a leftover of an interrupted save
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+STALE_TMP_SECONDS = 24 * 3600  # a temp file this old is a leftover, whoever wrote it
+UNNAMED_TMP_SECONDS = 600  # one without a recorded writer (older versions): no save takes this long
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete the temp files that interrupted writes of ``path`` left beside it; return them.
+
+    A temp file is stale when its writer is dead (same machine), when it has no recorded writer
+    (written by an older version) and is over ten minutes old, or when it is over a day old. Files we may not delete (another
+    user's) are left alone.
+    """
+    path = Path(path)
+    stem, removed = f".{path.name}.", []
+    if not path.parent.is_dir():
+        return removed
+    for tmp in path.parent.glob(f"{glob.escape(stem)}*.tmp"):
+        try:
+            age = time.time() - tmp.stat().st_mtime
+            if age > STALE_TMP_SECONDS or not _writer_alive(tmp.name, stem, age):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone meanwhile, or not ours to delete
+            pass
+    return removed
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via a temp file and a rename, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    remove_stale_temps(path)
+    tmp = make_temp(path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def record(name: str, value: Any, paper: Any = None, *, source: str | None = None, **extra: Any) -> Any:

@@ -4,19 +4,29 @@ Each notebook runs in its own process (``python -m papermill``) with ``COURSE_RE
 pointing at a per-lesson JSON that :func:`course.record` fills. The runner then writes
 ``DIR/results.json`` — per lesson: status, seconds, error, metrics (value, paper value, source) — and
 prints one table. A failing lesson is reported with its error; the others still run.
+
+Nothing is lost or left behind: a run never overwrites an earlier one (:func:`run_folder`); every
+path a kernel gets is absolute (the kernels run in ``solutions/``); each papermill runs in its own
+process group and, on Linux, dies with the runner even when the runner is SIGKILLed (its kernel
+follows within a second); Ctrl-C stops them all and keeps what finished. Each kernel gets
+``cores // jobs`` torch threads unless ``OMP_NUM_THREADS`` is set (:func:`kernel_threads`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .data import cache_root
+from .memory import MALLOC_ENV
 from .lessons import repo_root
 from .profiles import NAMES
 from .results import _fmt, write_json_atomic
@@ -24,10 +34,13 @@ from .results import _fmt, write_json_atomic
 
 def find_notebooks(selection: list[str] | None, folder: Path | None = None) -> list[Path]:
     """Notebooks in ``folder`` (default ``solutions/``) matching ``selection`` ("01", "01_training_mnist")."""
+    default = folder is None
     folder = Path(folder or repo_root() / "solutions")
     every = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if not every:
-        raise FileNotFoundError(f"No lesson notebooks in {folder}.")
+        hint = (" A plain `pip install .` installs the package without its notebooks: run `course run` "
+                "from a checkout installed with `pip install -e .`." if default else "")
+        raise FileNotFoundError(f"No lesson notebooks in {folder}.{hint}")
     if not selection:
         return every
     chosen = []
@@ -47,47 +60,318 @@ def _last_error(text: str) -> str:
     return lines[-1][:300] if lines else "unknown error"
 
 
-def run_one(nb: Path, out_dir: Path, profile: str, timeout: int | None = None) -> dict:
+PATH_VARIABLES = ("COURSE_CACHE", "COURSE_ALEXNET", "COURSE_IMAGENET")  # paths a kernel reads
+
+
+def absolute_path(path: str | Path) -> Path:
+    """``path`` made absolute against the caller's working directory (``~`` expanded).
+
+    The kernels run in ``solutions/``, so a relative path handed to them as it is would land there.
+    """
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def kernel_environment(profile: str, jobs: int) -> dict[str, str]:
+    """The environment every kernel of one run starts with.
+
+    Paths the user gave relative to their working directory are made absolute (else a relative
+    ``COURSE_CACHE=cache`` downloads a second MNIST into ``solutions/cache``), and each kernel gets
+    :func:`kernel_threads` torch threads unless the user set ``OMP_NUM_THREADS`` themselves.
+    """
+    env = {**os.environ, "COURSE_PROFILE": profile,
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures saved in the executed notebook
+           "PYTHONUNBUFFERED": "1", "COURSE_HEADLESS": "1"}
+    for name in PATH_VARIABLES:
+        if env.get(name) and "://" not in env[name]:
+            env[name] = str(absolute_path(env[name]))
+    for name, value in MALLOC_ENV.items():   # glibc keeps freed activations (EfficientNet: 2-3x faster)
+        env.setdefault(name, value)
+    if not os.environ.get("OMP_NUM_THREADS"):
+        threads, _ = kernel_threads(jobs)
+        env["OMP_NUM_THREADS"] = str(threads)
+        env.setdefault("MKL_NUM_THREADS", str(threads))
+    return env
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota (containers)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def kernel_threads(jobs: int = 1) -> tuple[int, str]:
+    """Torch threads per kernel of ``course run -j jobs``, and why.
+
+    ``cores // jobs`` (at least 1): with more threads than cores, torch's threads spin against
+    each other and against anything else running — a training step of FC100-100-10 took 24x as long
+    with 2 threads as with 1 on a busy 2-core machine. ``OMP_NUM_THREADS``, if set, wins.
+    """
+    given = os.environ.get("OMP_NUM_THREADS")
+    if given:
+        if not given.strip().isdigit() or int(given) < 1:
+            raise ValueError(f"OMP_NUM_THREADS={given!r} is not a positive whole number of threads; "
+                             "set it to one (e.g. OMP_NUM_THREADS=1) or unset it to let the course choose.")
+        return int(given), "OMP_NUM_THREADS is set"
+    cores = available_cores()
+    jobs = max(1, jobs)
+    return max(1, cores // jobs), f"{cores} cores // {jobs} job{'s' if jobs > 1 else ''}"
+
+
+# --- the children: papermill and its kernel die with the runner ---------------------------------
+
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set on Ctrl-C: a worker thread must not start another papermill
+PR_SET_PDEATHSIG = 1
+_PRCTL = None  # libc's prctl once looked up; False where there is none (not Linux)
+
+
+def _prctl():
+    """libc's ``prctl``, looked up in the parent (a forked child of a threaded process must not dlopen)."""
+    global _PRCTL
+    if _PRCTL is None:
+        try:
+            import ctypes
+
+            _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+            _PRCTL.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        except (OSError, AttributeError):
+            _PRCTL = False
+    return _PRCTL
+
+
+def _die_with_parent(prctl, parent: int) -> None:
+    """In the child, before papermill starts: on Linux, ask the kernel for SIGKILL when the runner dies.
+
+    The runner may be killed without a chance to clean up (SIGKILL, the OOM killer, a closed
+    terminal); the kernel papermill starts exits within a second of papermill (ipykernel polls its
+    parent), so nothing keeps writing into the run folder. Linux sends the signal when the *thread*
+    that started the child ends: the pool's worker threads live until :func:`run_lessons` shuts
+    the pool down, after every child has ended. A runner that died before the request was made is
+    caught by comparing the parent's pid.
+    """
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _descendants(proc: subprocess.Popen) -> list:
+    """Every process below papermill (its kernel runs in a session of its own, out of the group)."""
+    import psutil
+
+    try:
+        return psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def stop_children(grace: float = 3.0) -> int:
+    """Terminate every papermill the runner started, its process group and its kernel; return how many.
+
+    SIGTERM first, then SIGKILL for whatever is still alive after ``grace`` seconds.
+    """
+    import psutil
+
+    _STOPPING.set()
+    with _CHILDREN_LOCK:
+        children = [p for p in _CHILDREN if p.poll() is None]
+    below = [q for p in children for q in _descendants(p)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in children:
+            try:
+                os.killpg(proc.pid, sig) if os.name == "posix" else proc.kill()
+            except (ProcessLookupError, PermissionError):
+                pass
+        for q in below:
+            try:
+                q.send_signal(sig)
+            except psutil.Error:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (any(p.poll() is None for p in children)
+                                               or any(_running(q) for q in below)):
+            time.sleep(0.05)
+    return len(children)
+
+
+def _running(q) -> bool:
+    import psutil
+
+    try:
+        return q.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _spawn(cmd: list[str], env: dict) -> subprocess.Popen:
+    """Start papermill in a process group of its own, tied to the runner's life (see _die_with_parent)."""
+    if _STOPPING.is_set():
+        raise RuntimeError("course run was interrupted; no new lesson is started")
+    posix = os.name == "posix"
+    prctl = _prctl() if sys.platform.startswith("linux") else None
+    guard = functools.partial(_die_with_parent, prctl, os.getpid()) if prctl else None
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=posix,
+                            preexec_fn=guard)  # noqa: PLW1509 (guard only calls prctl, looked up before the fork)
+    with _CHILDREN_LOCK:
+        _CHILDREN.add(proc)
+    if _STOPPING.is_set():  # interrupted while it started: stop_children may have missed it
+        os.killpg(proc.pid, signal.SIGKILL) if posix else proc.kill()
+    return proc
+
+
+def run_one(nb: Path, out_dir: Path, profile: str, timeout: int | None = None, env: dict | None = None) -> dict:
     """Execute one notebook; return its entry for results.json."""
+    out_dir = absolute_path(out_dir)
     out_nb = out_dir / nb.name
     metrics_file = out_dir / f"{nb.stem}.metrics.json"
     metrics_file.unlink(missing_ok=True)
-    env = {**os.environ, "COURSE_RESULTS_FILE": str(metrics_file), "COURSE_PROFILE": profile,
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures saved in the executed notebook
-           "PYTHONUNBUFFERED": "1", "COURSE_HEADLESS": "1"}
+    env = {**(env or kernel_environment(profile, 1)), "COURSE_RESULTS_FILE": str(metrics_file)}
     cmd = [sys.executable, "-m", "papermill", str(nb), str(out_nb), "-p", "profile", profile,
            "-k", "python3", "--cwd", str(nb.parent), "--no-progress-bar"]
     if timeout:
         cmd += ["--execution-timeout", str(timeout)]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = _spawn(cmd, env)
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(proc)
     seconds = round(time.perf_counter() - start, 1)
     data = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     entry = {"status": "ok" if proc.returncode == 0 else "failed", "seconds": seconds,
              "notebook": str(out_nb), "metrics": data.get("metrics", {}), "checks": data.get("checks", {})}
     if proc.returncode != 0:
-        entry["error"] = _last_error(proc.stderr or proc.stdout)
-        (out_dir / f"{nb.stem}.log").write_text(proc.stdout + "\n" + proc.stderr)
+        entry["error"] = _last_error(stderr or stdout)
+        (out_dir / f"{nb.stem}.log").write_text(stdout + "\n" + stderr)
     return entry
 
 
+RUN_OUTPUTS = ("results.json", "*.ipynb", "*.metrics.json", "*.log", "report.html", "report.md")
+
+
+def _earlier_run(folder: Path) -> list[Path]:
+    """The files of an earlier run in ``folder`` (what a new run would overwrite)."""
+    return sorted(p for pattern in RUN_OUTPUTS for p in folder.glob(pattern))
+
+
+def _make_folder(folder: Path) -> None:
+    """``mkdir -p`` with an error that names the problem when part of the path is a file."""
+    for part in [folder, *folder.parents]:
+        if part.exists() and not part.is_dir():
+            raise ValueError(f"Cannot write the run into {folder}: {part} is a file, not a folder. "
+                             "Choose another --out.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"Cannot create the run folder {folder}: {e.strerror or e}. Choose another --out "
+                         "(or set COURSE_CACHE to a folder you can write).") from e
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C (or SIGTERM) during ``course run``: the children are stopped, what finished is saved."""
+
+    def __init__(self, out_dir: Path, results: dict, stopped: int):
+        super().__init__(f"interrupted; {stopped} running lesson(s) stopped")
+        self.out_dir, self.results, self.stopped = out_dir, results, stopped
+
+
+def run_folder(out: Path | None, profile: str, stamp: str, force: bool = False) -> tuple[Path, str]:
+    """The folder a run writes into, created, and a line that says how it was chosen.
+
+    Without ``out``: ``$COURSE_CACHE/runs/<timestamp>-<profile>``, with ``-2``, ``-3`` ... added when
+    a run started in the same second already has it. With ``out``: used as it is if it holds no
+    earlier run; an earlier run there is refused unless ``force``, which removes its files first.
+    Nothing of an earlier run is ever overwritten silently.
+    """
+    if out is None:
+        base = absolute_path(cache_root() / "runs" / f"{stamp}-{profile}")
+        _make_folder(base.parent)
+        for n in range(1, 1000):
+            folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+            try:
+                folder.mkdir()
+                return folder, f"new run folder {folder}"
+            except FileExistsError:
+                continue
+        raise ValueError(f"Too many runs named {base.name}* in {base.parent}.")
+    folder = absolute_path(out)
+    _make_folder(folder)
+    earlier = _earlier_run(folder)
+    if earlier and not force:
+        names = ", ".join(p.name for p in earlier[:4]) + (" ..." if len(earlier) > 4 else "")
+        raise ValueError(f"{folder} already holds a run ({names}); nothing was overwritten. Pass --force "
+                         "to replace it, or choose another --out (without --out every run gets a fresh "
+                         "folder under $COURSE_CACHE/runs).")
+    for p in earlier:
+        p.unlink()
+    return folder, (f"replacing the earlier run in {folder} ({len(earlier)} files removed, --force)"
+                    if earlier else f"run folder {folder}")
+
+
+def _stop_run(pool: ThreadPoolExecutor) -> int:
+    """Cancel the lessons not started, stop the running ones, wait for the pool; return how many stopped.
+
+    A second Ctrl-C (or SIGTERM) meanwhile is ignored, so the cleanup is never cut short.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = [signal.signal(s, signal.SIG_IGN) for s in signals] if main else []
+    try:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stopped = stop_children()
+        pool.shutdown(wait=True)
+    finally:
+        for s, handler in zip(signals, before):
+            signal.signal(s, handler)
+    return stopped
+
+
 def run_lessons(selection: list[str] | None = None, profile: str = "default", out: Path | None = None,
-                jobs: int = 1, timeout: int | None = None, folder: Path | None = None) -> tuple[Path, dict]:
-    """Run lessons; write and return ``(DIR, results)``."""
+                jobs: int = 1, timeout: int | None = None, folder: Path | None = None,
+                force: bool = False) -> tuple[Path, dict]:
+    """Run lessons; write and return ``(DIR, results)``.
+
+    Raises :class:`RunInterrupted` on Ctrl-C once the children are stopped and the lessons that
+    finished are written to ``results.json``.
+    """
     if profile not in NAMES:
         raise ValueError(f"Unknown profile {profile!r}; use one of {', '.join(NAMES)}.")
     notebooks = find_notebooks(selection, folder)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(out or cache_root() / "runs" / f"{stamp}-{profile}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = {"profile": profile, "started": stamp, "lessons": {}}
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {nb.stem: pool.submit(run_one, nb, out_dir, profile, timeout) for nb in notebooks}
+    env = kernel_environment(profile, jobs)
+    threads, _ = kernel_threads(jobs)
+    out_dir, how = run_folder(out, profile, stamp, force)
+    print(how, flush=True)
+    _STOPPING.clear()
+    results = {"profile": profile, "started": stamp, "threads_per_kernel": threads, "lessons": {}}
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        futures = {nb.stem: pool.submit(run_one, nb, out_dir, profile, timeout, env) for nb in notebooks}
         for name, fut in futures.items():
             entry = fut.result()
             results["lessons"][name] = entry
             mark = "ok" if entry["status"] == "ok" else "FAILED: " + entry.get("error", "")
             print(f"{name}: {mark} ({entry['seconds']} s)", flush=True)
+    except KeyboardInterrupt:
+        stopped = _stop_run(pool)
+        results["interrupted"] = True
+        write_json_atomic(out_dir / "results.json", results)
+        raise RunInterrupted(out_dir, results, stopped) from None
+    except BaseException:  # the runner itself failed: its lessons must not run on without it
+        _stop_run(pool)
+        raise
+    pool.shutdown(wait=True)
     from .device import get_device
 
     results["device"] = str(get_device())

@@ -24,10 +24,13 @@ Networks with batch norm and residual blocks (timm's EfficientNets): :mod:`cours
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
+
+from . import validate
 
 # Largest slope of each elementwise activation: its Lipschitz constant.
 ACTIVATION_LIPSCHITZ: dict[type, Callable[[nn.Module], float]] = {
@@ -337,6 +340,11 @@ def layer_bounds(model: nn.Module, input_shape: Sequence[int]) -> list[LayerBoun
     ``F.relu``) have no module and are invisible to hooks; they must be 1-Lipschitz for the
     product to remain a bound.
     """
+    validate.check_model(model, "layer_bounds")
+    if isinstance(input_shape, torch.Tensor) or not all(isinstance(d, numbers.Integral) and d > 0 for d in input_shape):
+        got = f"a tensor of shape {tuple(input_shape.shape)}" if isinstance(input_shape, torch.Tensor) else repr(input_shape)[:80]
+        raise ValueError(f"layer_bounds: input_shape must be positive integers such as (1, 1, 28, 28), got "
+                         f"{got}. Pass images.shape, not the images.")
     seen = _trace_leaf_inputs(model, input_shape)
     modules = dict(model.named_modules())
     records = []

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import validate
 from . import lbfgs_cpu
 
 
@@ -423,10 +424,8 @@ def attack_objective(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, c
 def _check_inputs(model: nn.Module, images: torch.Tensor, targets,
                   labels) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Raise a clear error for inputs the attack cannot use; return targets (and labels) as tensors."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        raise TypeError("images must be a floating-point torch.Tensor (N, ...) with pixels in [0, 1].")
+    validate.check_model(model, "lbfgs_attack")
+    validate.check_images(model, images, "lbfgs_attack")
     if images.dim() < 2:
         raise ValueError(f"images must have a batch axis (N, ...), got shape {tuple(images.shape)}. "
                          "For one image use images.unsqueeze(0).")
@@ -439,11 +438,9 @@ def _check_inputs(model: nn.Module, images: torch.Tensor, targets,
                          f"Move them together, e.g. images.to({str(param.device)!r}).")
 
     def as_labels(v, name):
-        v = torch.as_tensor(v, device=images.device)
+        v = validate.class_indices(v, "lbfgs_attack", name).to(images.device)
         if v.dim() == 0:
             v = v.expand(len(images)) if len(images) == 1 else v.reshape(1)
-        if v.is_floating_point() or v.dtype == torch.bool:
-            raise TypeError(f"{name} must be integer class indices, got dtype {v.dtype}.")
         if v.shape != (len(images),):
             raise ValueError(f"Expected one {name[:-1]} per image: {len(images)} images but {name} has "
                              f"shape {tuple(v.shape)}.")
@@ -452,8 +449,7 @@ def _check_inputs(model: nn.Module, images: torch.Tensor, targets,
     targets = as_labels(targets, "targets")
     labels = None if labels is None else as_labels(labels, "labels")
     if len(images):
-        with torch.no_grad():
-            n_classes = model(images[:1]).shape[1]
+        n_classes = validate.probe(model, images, "lbfgs_attack")
         out = (targets < 0) | (targets >= n_classes)
         if out.any():
             i = int(out.nonzero()[0])

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import validate
+
 Genomes = torch.Tensor | dict  # a tensor, or a dict of tensors, population on axis 0
 
 
@@ -199,11 +201,7 @@ def check_classifier(classifier: nn.Module, images: torch.Tensor) -> int:
             f"(a batch of {tuple(images.shape)}): {e}\nMake the encoding render what the classifier "
             "expects, e.g. DirectEncoding(shape=(1, 28, 28)) for MNIST models or shape=(3, 224, 224) "
             "for ImageNet models.") from e
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ValueError(f"The classifier must return logits of shape (N, classes), got "
-                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}.")
-    if out.shape[1] < 2:
-        raise ValueError(f"The classifier returns {out.shape[1]} output(s); MAP-Elites needs >= 2 classes.")
+    validate.check_logits(out, len(images), "map_elites")  # (N, classes >= 2), finite
     if bool((out >= 0).all()) and torch.allclose(out.sum(dim=1), out.new_ones(len(out)), atol=1e-4):
         raise ValueError(
             "The classifier seems to return probabilities (every row is non-negative and sums to 1), "
@@ -222,6 +220,7 @@ def map_elites(classifier: nn.Module, encoding, generations: int = 200, offsprin
     (default: the whole generation at once). Everything random flows from one ``torch.Generator``
     seeded with ``seed`` on the classifier's device, so the same seed gives the same archive on CPU.
     """
+    validate.check_model(classifier, "map_elites")
     if not isinstance(generations, int) or generations < 1:
         raise ValueError(f"generations must be a positive integer, got {generations!r}.")
     if not isinstance(offspring, int) or offspring < 1:

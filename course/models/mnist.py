@@ -23,7 +23,11 @@ def check_image_batch(x: torch.Tensor, check_range: bool = True) -> None:
         raise TypeError(f"Expected a torch.Tensor of images, got {type(x).__name__}.")
     if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
         hint = " Add a batch axis with x.unsqueeze(0)." if tuple(x.shape) == IMAGE_SHAPE else ""
-        hint = hint or (" Reshape with x.view(-1, 1, 28, 28)." if x.numel() % 784 == 0 and x.numel() else "")
+        flat = x.dim() <= 1 and x.numel() and x.numel() % 784 == 0       # (784,), (N·784,)
+        rows = x.dim() > 1 and len(x) and x[0].numel() == 784            # (N, 784), (N, 28, 28)
+        hint = hint or (" Reshape with x.view(-1, 1, 28, 28)." if flat or rows else "")
+        hint = hint or (" These look like colour images; MNIST models take one grey channel: x.mean(1, keepdim=True)."
+                        if x.dim() == 4 and x.shape[1] == 3 and tuple(x.shape[2:]) == IMAGE_SHAPE[1:] else "")
         raise ValueError(f"Expected images of shape (N, 1, 28, 28), got {tuple(x.shape)}.{hint}")
     if check_range and x.numel():
         lo, hi = float(x.min()), float(x.max())

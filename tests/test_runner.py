@@ -1,0 +1,238 @@
+"""`course run` never loses a run, resolves paths where the user stands, owns its children, and
+chooses the kernels' threads for the machine."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from course import runner
+from course.cli import main
+from course.runner import run_folder, run_lessons
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _notebook(folder: Path, name: str, code: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = new_notebook()
+    nb.cells = [new_code_cell("profile = 'default'", metadata={"tags": ["parameters"]}), new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / name)
+    return folder / name
+
+
+REPORTER = """
+import os, torch, course
+course.record('kernel.threads', torch.get_num_threads())
+course.record('kernel.cache', os.environ['COURSE_CACHE'])
+"""
+
+
+def test_an_existing_run_in_out_is_refused_and_kept(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text('{"earlier": true}')
+    (out / "00_welcome.ipynb").write_text("earlier notebook")
+    assert main(["run", "00", "--profile", "ci", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--force" in err and "nothing was overwritten" in err
+    assert (out / "results.json").read_text() == '{"earlier": true}'
+    assert (out / "00_welcome.ipynb").read_text() == "earlier notebook"
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    first, _ = run_folder(None, "ci", "20260101-000000")
+    second, how2 = run_folder(None, "ci", "20260101-000000")
+    assert first != second and second.name == "20260101-000000-ci-2"
+    assert first.is_dir() and second.is_dir() and "new run folder" in how2
+
+
+def test_relative_paths_resolve_where_the_user_stands_and_threads_follow_the_cores(tmp_path, monkeypatch, capsys):
+    nbs = tmp_path / "nbs"
+    _notebook(nbs, "01_report.ipynb", REPORTER)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COURSE_CACHE", "cache")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner, "available_cores", lambda: 2)  # torch's own default would be 2 threads
+    out, results = run_lessons(profile="ci", out=Path("runs/x"), jobs=2, folder=nbs)
+    metrics = results["lessons"]["01_report"]["metrics"]
+    assert out == tmp_path / "runs" / "x" and (out / "results.json").exists()
+    assert metrics["kernel.cache"]["value"] == str(tmp_path / "cache"), "the kernel got a relative COURSE_CACHE"
+    assert metrics["kernel.threads"]["value"] == 1, "2 cores // 2 jobs should give 1 thread per kernel"
+    assert results["threads_per_kernel"] == 1
+    assert not (nbs / "runs").exists() and not (nbs / "cache").exists()
+
+    with pytest.raises(ValueError, match="already holds a run.*--force"):
+        run_lessons(profile="ci", out=Path("runs/x"), folder=nbs)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice wins over 2 cores // 1 job
+    out, results = run_lessons(profile="ci", out=Path("runs/x"), folder=nbs, force=True)
+    assert "replacing the earlier run" in capsys.readouterr().out
+    assert results["lessons"]["01_report"]["metrics"]["kernel.threads"]["value"] == 1
+    assert json.loads((out / "results.json").read_text())["threads_per_kernel"] == 1
+
+
+def test_kernel_threads_are_cores_over_jobs_at_least_one(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner, "available_cores", lambda: 2)
+    assert runner.kernel_threads(1) == (2, "2 cores // 1 job")
+    assert runner.kernel_threads(4)[0] == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert runner.kernel_threads(4) == (5, "OMP_NUM_THREADS is set")
+    monkeypatch.setenv("OMP_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS='two' is not a positive whole number.*unset it"):
+        runner.kernel_threads(1)
+
+
+def test_doctor_shows_the_thread_choice(capsys, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner, "available_cores", lambda: 8)
+    assert main(["doctor", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["threads"].startswith("8 per kernel with -j 1 (8 cores // 1 job)")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["doctor"]) == 0
+    assert "1 per kernel (OMP_NUM_THREADS is set" in capsys.readouterr().out
+
+
+def test_out_under_a_file_is_explained(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("")
+    assert main(["run", "00", "--profile", "ci", "--out", str(tmp_path / "notes.txt" / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt is a file, not a folder" in err and "Choose another --out" in err
+    assert "Traceback" not in err
+
+
+def test_a_bad_course_profile_names_the_variable(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_PROFILE", "fast")
+    assert main(["run", "00"]) == 2
+    err = capsys.readouterr().err
+    assert "'fast'" in err and "COURSE_PROFILE" in err and "ci, default, paper" in err
+
+
+def test_grade_without_solutions_says_how_to_install(tmp_path, monkeypatch, capsys):
+    import course.lessons
+
+    monkeypatch.setattr(course.lessons, "repo_root", lambda: tmp_path)  # as in site-packages
+    sub = tmp_path / "sub.ipynb"
+    nbformat.write(new_notebook(), sub)
+    assert main(["grade", str(sub)]) == 2
+    err = capsys.readouterr().err
+    assert "solutions" in err and "pip install -e ." in err and "--solutions" in err
+    assert "not one of our lessons" not in err
+
+
+def test_run_without_notebooks_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "repo_root", lambda: tmp_path)  # as in site-packages
+    assert main(["run", "00", "--profile", "ci"]) == 2
+    assert "pip install -e ." in capsys.readouterr().err
+
+
+def test_profile_errors_name_their_source_and_fix(monkeypatch):
+    from course.profiles import resolve_profile
+
+    monkeypatch.setenv("COURSE_PROFILE", "fast")
+    with pytest.raises(ValueError, match=r"'fast' \(from the environment variable COURSE_PROFILE\).*unset COURSE_PROFILE"):
+        resolve_profile("ci")
+
+
+# --- the runner's children ----------------------------------------------------------------------
+
+SLEEPER = """
+import json, os, time
+json.dump({{"kernel": os.getpid(), "papermill": os.getppid()}}, open({pids!r} + ".part", "w"))
+os.replace({pids!r} + ".part", {pids!r})
+while True:
+    time.sleep(0.1)
+    with open({tick!r}, "a") as f:
+        f.write(".")
+"""
+
+DRIVER = """
+import sys
+from pathlib import Path
+import course.runner as r
+from course.cli import main
+real = r.find_notebooks
+r.find_notebooks = lambda selection, folder=None: real(selection, Path({nbs!r}))
+sys.exit(main(["run", "--profile", "ci", "--out", {out!r}]))
+"""
+
+
+def _dead(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _start_run(tmp_path):
+    """A `course run` whose lesson never ends; returns (runner process, pids of papermill and kernel)."""
+    pids, tick = tmp_path / "pids.json", tmp_path / "tick"
+    nbs = tmp_path / "nbs"
+    _notebook(nbs, "01_forever.ipynb", SLEEPER.format(pids=str(pids), tick=str(tick)))
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(nbs=str(nbs), out=str(tmp_path / "out"))],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not pids.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the lesson never started: {proc.communicate()}")
+        time.sleep(0.2)
+    return proc, json.loads(pids.read_text()), tick
+
+
+def _wait_dead(pids: dict, seconds: float = 15) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not all(_dead(p) for p in pids.values()):
+        time.sleep(0.2)
+    return {k: _dead(p) for k, p in pids.items()}
+
+
+def _kill_leftovers(proc, pids: dict):
+    proc.kill()
+    proc.communicate()
+    for p in pids.values():
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux only")
+def test_a_killed_runner_takes_papermill_and_the_kernel_with_it(tmp_path):
+    proc, pids, tick = _start_run(tmp_path)
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        assert _wait_dead(pids) == {"kernel": True, "papermill": True}
+        size = tick.stat().st_size
+        time.sleep(0.5)
+        assert tick.stat().st_size == size, "something still writes into the run"
+    finally:
+        _kill_leftovers(proc, pids)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_stops_the_run_with_one_line(tmp_path, sig):
+    proc, pids, _ = _start_run(tmp_path)
+    try:
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130
+        assert "Traceback" not in err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "interrupted" in lines[0] and "1 running lesson(s) stopped" in lines[0], err
+        assert _wait_dead(pids, seconds=2) == {"kernel": True, "papermill": True}, "the kernel outlived the run"
+        assert json.loads((tmp_path / "out" / "results.json").read_text())["interrupted"] is True
+    finally:
+        _kill_leftovers(proc, pids)
