@@ -27,7 +27,7 @@ def _kernels_under(folder) -> list[int]:
     for p in psutil.process_iter(["cmdline"]):
         try:
             if "ipykernel" in " ".join(p.info["cmdline"] or []) and \
-                    p.environ().get("COURSE_RESULTS_FILE", "").startswith(str(folder)):
+                    p.environ().get("COURSE_GRADING", "").startswith(str(folder)):
                 found.append(p.pid)
         except (psutil.Error, OSError):
             pass
