@@ -19,6 +19,8 @@ checkers, fails with a message saying so. The hidden tests of ``solutions/`` cal
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import pkgutil
 import sys
 import warnings
@@ -211,6 +213,21 @@ def _student_frames(tb):
     return new
 
 
+def _remember(exercise_id: str, passed: bool) -> None:
+    """Note the verdict in ``COURSE_RESULTS_FILE`` when ``course run`` set it, for its report of the
+    solutions. Informational only: ``course grade`` neither sets nor reads it (a student's kernel
+    can write anything there)."""
+    target = os.environ.get("COURSE_RESULTS_FILE")
+    if not target:
+        return
+    from ..results import write_json_atomic
+
+    path = Path(target)
+    data = json.loads(path.read_text()) if path.exists() else {"metrics": {}}
+    data.setdefault("checks", {})[exercise_id] = passed
+    write_json_atomic(path, data)
+
+
 def _run(exercise_id: str, answer: Any) -> tuple[CheckResult, BaseException | None]:
     """Run the checker of ``exercise_id`` on ``answer``: the verdict, and the exception to raise
     (with the student's frames only) when it is not a pass."""
@@ -253,6 +270,7 @@ def check(exercise_id: str, answer: Any) -> CheckResult:
     __tracebackhide__ = True  # IPython hides this frame; the checkers' frames are cut out by _run
     result, failure = _run(exercise_id, answer)
     title = _REGISTRY[exercise_id][0]
+    _remember(exercise_id, result.passed)
     if failure is None:
         print(f"✅ Exercise {exercise_id} ({title}): correct.")
         return result
