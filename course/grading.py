@@ -408,7 +408,7 @@ def _forbidden(exercise_id: str, dotted: str | None) -> str | None:
     if obj is None:
         return None
     refs = [_course_object(r) for r in references(exercise_id)]
-    if any(obj is r for r in refs if r is not None) or dotted.startswith("course.checks.") and dotted != "course.checks.call":
+    if any(obj is r for r in refs if r is not None) or dotted.startswith("course.checks.") and dotted not in ("course.checks.call", "course.checks.plain"):
         return dotted
     return None
 
