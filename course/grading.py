@@ -156,7 +156,7 @@ class _Solution:
         answers = {grade_id_exercise(c): c.get("id") for c in cells if _nbgrader(c).get("solution")}
         for cell in cells:
             meta, calls = _nbgrader(cell), _CHECK_LINE.findall(cell.source)
-            if not calls or any(ex == e.id for e in out for ex, _ in calls[:1]):
+            if not calls or calls[0][0] in {e.id for e in out}:
                 continue
             ex, name = calls[0]
             if meta.get("grade"):
@@ -239,6 +239,7 @@ def prepare(submission: nbformat.NotebookNode, solution: _Solution,
     """The notebook to execute — the teacher's tests cells in place of the submission's, outputs
     cleared — and, per exercise id, the id of the cell that grades it."""
     nb = nbformat.from_dict(json.loads(json.dumps(submission)))  # a deep copy
+    nb.cells = [c for c in nb.cells if not str(c.get("id", "")).startswith("course-grade-")]  # ids are the grader's
     owners: dict[str, str] = {}
     for ex in solution.exercises():
         grader_id = f"course-grade-{ex.id.replace('.', '-')}"
