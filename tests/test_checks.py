@@ -1,5 +1,6 @@
 import contextlib
 import io
+import re
 import sys
 import traceback
 
@@ -85,18 +86,21 @@ def test_unsolved_traceback_ends_in_the_students_stub():
     assert not any(f.filename.endswith("l00.py") for f in frames)
 
 
-def test_unsolved_traceback_in_ipython_hides_the_checker(tmp_path):
-    """What a student sees in Jupyter: IPython's traceback of an unsolved exercise names neither the
-    checker nor its expected computation."""
+@pytest.mark.parametrize("body, error", [("raise NotImplementedError('Exercise 0.1')", "NotImplementedError"),
+                                         ("return (logits.argmax(1) == labels).float().mean().item()", "accuracy"),
+                                         ("return logits.nothing", "AttributeError")])
+def test_the_traceback_in_ipython_shows_no_checker_source(body, error):
+    """What a student sees in Jupyter: their own cell and frames, the hint, and not one line of the
+    course's checking code (the checker's holds the expected computation)."""
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance()
-    shell.run_cell("import course\ndef error_rate(logits, labels):\n    raise NotImplementedError('Exercise 0.1')")
+    shell.run_cell(f"import course\ndef error_rate(logits, labels):\n    {body}")
     with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
         shell.run_cell('course.check("0.1", error_rate)')
-    text = out.getvalue() + err.getvalue()
-    assert "NotImplementedError" in text and "error_rate" in text
-    assert "want" not in text and "argmax" not in text and "_error_rate" not in text, text
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue() + err.getvalue())
+    assert error in text and 'course.check("0.1", error_rate)' in text, text
+    assert "course/checks" not in text and "want" not in text and "_error_rate" not in text, text
 
 
 def test_the_verdict_is_the_assert_form():

@@ -36,6 +36,7 @@ FORGERIES = {
                                "    return getattr(mod, 'error_' + 'rate')(logits, labels)",
                         "c08c": HONEST_0_2}, ["0.1"]),
     "patched-registry": ({"c09": WRONG_0_1 + "\n\nimport course.checks\n"
+                                 "course.checks.known_exercises()  # every checker registered: now replace two\n"
                                  "course.checks._REGISTRY['0.1'] = ('x', lambda a: None)\n"
                                  "course.checks._REGISTRY['0.2'] = ('x', lambda a: None)",
                           "c08c": WRONG_0_2}, ["0.1", "0.2"]),
@@ -76,6 +77,8 @@ def test_a_forged_submission_scores_zero_on_what_it_fakes(name, tmp_path, soluti
     passed = {e.id: e.passed for e in report.exercises}
     assert not any(passed[ex] for ex in faked), report.format()
     assert all(passed[ex] for ex in passed if ex not in faked), report.format()  # the honest one counts
+    if name.startswith("patched"):  # the visible check was fooled; the hidden tests were not
+        assert all("hidden tests failed" in e.reason for e in report.exercises), report.format()
     if name in ("reference", "wrapper", "hidden-wrapper"):
         assert "course's own" in report.exercises[0].reason and "zero" in report.exercises[0].reason, report.format()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import linecache
 import os
 import pkgutil
 import sys
@@ -280,4 +281,11 @@ def check(exercise_id: str, answer: Any) -> CheckResult:
     else:
         print(f"❌ Exercise {exercise_id} ({title}): {result.message}")
     failure.__cause__, failure.__suppress_context__ = None, True
-    raise failure
+    exec(_RAISE, {"failure": failure})  # the last frame a student sees is this line, not the checker's
+
+
+# IPython never hides a traceback's last frame: raising from this one-line "file" makes that frame
+# say what happened, while check's own frame (``__tracebackhide__``) is skipped.
+_RAISE_SOURCE = "raise failure  # course.check: not right yet, the message says why\n"
+linecache.cache["<course.check>"] = (len(_RAISE_SOURCE), None, [_RAISE_SOURCE], "<course.check>")
+_RAISE = compile(_RAISE_SOURCE, "<course.check>", "exec")
