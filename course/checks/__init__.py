@@ -18,6 +18,7 @@ checkers, fails with a message saying so. The hidden tests of ``solutions/`` cal
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import linecache
@@ -33,6 +34,7 @@ import torch
 
 _REGISTRY: dict[str, tuple[str, Callable[[Any], None]]] = {}
 _REFERENCES: dict[str, tuple[str, ...]] = {}   # exercise id -> dotted names of the course's own versions
+_CHECKER_CODES: set = set()                    # the registered checkers' code objects
 _PACKAGE = Path(__file__).resolve().parent.parent     # course/
 _CHECKS = Path(__file__).resolve().parent             # course/checks/
 
@@ -57,6 +59,7 @@ def exercise(exercise_id: str, title: str, reference: tuple[str, ...] | str = ()
     """
     def register(fn):
         _REGISTRY[exercise_id] = (title, fn)
+        _CHECKER_CODES.add(fn.__code__)
         _REFERENCES[exercise_id] = (reference,) if isinstance(reference, str) else tuple(reference)
         return fn
     return register
@@ -116,13 +119,18 @@ def _forbidden_codes(exercise_id: str) -> dict:
 
 def _is_checker_reference(code) -> bool:
     """Whether ``code`` is a checker or a checker's reference computation (``reference_*``)."""
-    return _in_checks(code) and ("reference" in code.co_name or
-                                 code in {getattr(fn, "__code__", None) for _, fn in _REGISTRY.values()})
+    return _in_checks(code) and ("reference" in code.co_name or code in _CHECKER_CODES)
 
 
 def _in_checks(code) -> bool:
+    return _file_in_checks(code.co_filename)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_in_checks(filename: str) -> bool:
+    """Whether a code object's file is one of this package's (cached: asked on every call watched)."""
     try:
-        return Path(code.co_filename).resolve().is_relative_to(_CHECKS)
+        return Path(filename).resolve().is_relative_to(_CHECKS)
     except (OSError, ValueError):
         return False
 
@@ -135,8 +143,8 @@ def _is_course_code(answer) -> bool:
 
 def call(exercise_id: str, answer: Callable, *args, **kwargs):
     """``answer(*args, **kwargs)``, watched: raise :class:`ReferenceUsed` if it runs the course's own
-    implementation of the exercise or a checker's reference (``course.checks.*.reference_*``); warnings are kept off stderr (an
-    nbgrader test cell that writes to stderr scores zero).
+    implementation of the exercise or a checker's reference (``course.checks.*.reference_*``).
+    Warnings are kept off stderr (an nbgrader test cell that writes to stderr scores zero).
 
     The hidden tests of ``solutions/`` call answers through this function.
     """
