@@ -165,7 +165,12 @@ def _cmd_build(args) -> int:
             print(f"stale     lessons/{name}: differs from what solutions/ gives; run `course build-lessons`")
     for name in report.orphans:
         print(f"orphan    lessons/{name}: no matching solution")
-    if report.ok or (not args.check and not report.leaking and not report.orphans and not report.edited):
+    for name, problems in report.unconventional.items():
+        print(f"EXERCISES solutions/{name}: {'; '.join(problems[:3])} (docs/teaching.md, 'Writing hidden tests')")
+    for name, problems in report.pending.items():
+        print(f"pending   solutions/{name}: not yet in the exercise convention ({len(problems)} problems)")
+    if report.ok or (not args.check and not report.leaking and not report.orphans and not report.edited
+                     and not report.unconventional):
         print(f"lessons up to date ({len(report.unchanged) + len(report.written)} notebooks)")
         return 0
     return 1

@@ -6,6 +6,18 @@ between ``### BEGIN SOLUTION`` and ``### END SOLUTION``; checks the student must
 turns a solution into a lesson: each solution block becomes a stub raising ``NotImplementedError``
 with the exercise's name, hidden tests are removed, outputs cleared.
 
+Each exercise is two cells carrying nbgrader's cell metadata, so that ``nbgrader
+generate_assignment`` and ``nbgrader autograde`` work on these files as they are:
+
+- the **answer** cell (``solution: true``, grade id ``answer_N_k``): the student's function, its
+  body between the solution markers;
+- the **tests** cell (``grade: true``, ``locked: true``, ``points``, grade id ``tests_N_k``):
+  ``course.check("N.k", answer)`` — the self-check the student sees, which raises on a wrong
+  answer — then the hidden tests. The exercise scores its points when this cell raises nothing.
+
+:func:`exercise_problems` says where a solution breaks that convention; the lesson sync check
+reports it.
+
 :func:`build_lessons` writes ``lessons/`` and remembers what it wrote (``lessons/.manifest.json``:
 a digest per lesson). A lesson whose file no longer matches what was last written has been edited
 by someone — it is never overwritten unless ``force=True``.
@@ -26,6 +38,10 @@ BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 MANIFEST = ".manifest.json"
 _CHECK_CALL = re.compile(r"""course\.check\(\s*["']([\w.]+)["']""")
 _DEF = re.compile(r"^\s*def\s+(\w+)", re.M)
+# Solutions still in the older one-cell exercise format: reported, not failed. Lesson 11 is being
+# split into two ImageNet lessons, which adopt the convention; remove the name when they land.
+PENDING_CONVENTION = frozenset({"11_imagenet.ipynb"})
+_GRADE_ID = re.compile(r"^(answer|tests)_(\d+_\d+)$")
 
 
 def repo_root() -> Path:
@@ -33,8 +49,15 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def _exercise_name(source: str) -> str:
-    ids = _CHECK_CALL.findall(source)
+def grade_id_exercise(cell) -> str | None:
+    """The exercise id an nbgrader cell belongs to (``answer_3_1`` / ``tests_3_1`` -> ``"3.1"``)."""
+    gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+    m = _GRADE_ID.match(gid)
+    return m.group(2).replace("_", ".") if m else None
+
+
+def _exercise_name(source: str, cell=None) -> str:
+    ids = _CHECK_CALL.findall(source) or ([grade_id_exercise(cell)] if cell is not None and grade_id_exercise(cell) else [])
     defs = _DEF.findall(source)
     label = f"Exercise {ids[0]}" if ids else "Exercise"
     return f"{label}: write {defs[0]}" if defs else label
@@ -72,7 +95,7 @@ def build_lesson(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
     for cell in nb.cells:
         src = cell.source
         if cell.cell_type == "code":
-            name = _exercise_name(src)
+            name = _exercise_name(src, cell)
             src, _ = strip_blocks(src, BEGIN_HIDDEN, END_HIDDEN)
             src, _ = strip_blocks(src, BEGIN_SOLUTION, END_SOLUTION,
                                   stub=lambda ind: f'{ind}raise NotImplementedError("{name}")  # your code here')
@@ -83,6 +106,38 @@ def build_lesson(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
         cell.metadata.pop("execution", None)
     nb.metadata.pop("papermill", None)
     return nb
+
+
+def _nbgrader(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def exercise_problems(solution: nbformat.NotebookNode) -> list[str]:
+    """Where a solution breaks the exercise convention (see the module's docstring): an exercise
+    without hidden tests, a check or a hidden test outside a locked, pointed tests cell, a solution
+    block outside an answer cell, grade ids that are missing or repeated."""
+    problems, seen = [], set()
+    for cell in solution.cells:
+        meta, src = _nbgrader(cell), cell.source
+        where = f"cell {cell.get('id', '?')}"
+        gid = meta.get("grade_id")
+        if gid:
+            if gid in seen:
+                problems.append(f"{where}: grade id {gid!r} used twice")
+            seen.add(gid)
+        if BEGIN_SOLUTION in src and not meta.get("solution"):
+            problems.append(f"{where}: a solution block outside an nbgrader answer cell (solution: true)")
+        checks = _CHECK_CALL.findall(src) if cell.cell_type == "code" else []
+        if (checks or BEGIN_HIDDEN in src) and not (meta.get("grade") and meta.get("locked") and meta.get("points")):
+            problems.append(f"{where}: course.check or hidden tests outside a locked, pointed nbgrader tests cell")
+        if meta.get("grade") and cell.cell_type == "code":
+            if not checks:
+                problems.append(f"{where}: a tests cell that calls no course.check")
+            if BEGIN_HIDDEN not in src:
+                problems.append(f"{where}: exercise {', '.join(checks) or '?'} has no hidden tests")
+            if gid != f"tests_{(checks or ['?'])[0].replace('.', '_')}":
+                problems.append(f"{where}: the grade id should be tests_{(checks or ['?'])[0].replace('.', '_')}")
+    return problems
 
 
 def solution_lines(solution: nbformat.NotebookNode) -> list[str]:
@@ -122,10 +177,12 @@ class BuildReport:
     edited: list[str] = field(default_factory=list)     # changed by hand since last written: kept
     leaking: dict[str, list[str]] = field(default_factory=dict)
     orphans: list[str] = field(default_factory=list)    # lessons with no solution
+    unconventional: dict[str, list[str]] = field(default_factory=dict)  # exercise_problems, per solution
+    pending: dict[str, list[str]] = field(default_factory=dict)         # the same, for PENDING_CONVENTION
 
     @property
     def ok(self) -> bool:
-        return not (self.stale or self.edited or self.leaking or self.orphans)
+        return not (self.stale or self.edited or self.leaking or self.orphans or self.unconventional)
 
 
 def build_lessons(solutions_dir: Path | None = None, lessons_dir: Path | None = None, *, check: bool = False,
@@ -147,6 +204,8 @@ def build_lessons(solutions_dir: Path | None = None, lessons_dir: Path | None = 
         bad = leaks(solution, lesson)
         if bad:
             report.leaking[sol_path.name] = bad
+        if problems := exercise_problems(solution):
+            (report.pending if sol_path.name in PENDING_CONVENTION else report.unconventional)[sol_path.name] = problems
         target = les_dir / sol_path.name
         current = target.read_text() if target.exists() else None
         if current == text:

@@ -48,3 +48,14 @@ def no_network(monkeypatch):
     monkeypatch.setattr(data, "_try_torchvision", lambda: calls.append("torchvision") or "failed (offline)")
     monkeypatch.setattr(data, "_try_npm", lambda: calls.append("npm") or "failed (offline)")
     return calls
+
+
+@pytest.fixture
+def references_allowed(monkeypatch):
+    """The checks are calibrated on the course's own implementations: let those through in the tests
+    that say so (a graded answer never gets this; tests/test_forgeries.py checks that it scores zero)."""
+    import course.checks
+
+    monkeypatch.setattr(course.checks, "_is_course_code", lambda answer: False)
+    monkeypatch.setattr(course.checks, "_forbidden_codes", lambda exercise_id: {})
+    monkeypatch.setattr(course.checks, "_is_checker_reference", lambda code: False)

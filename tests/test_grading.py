@@ -27,7 +27,7 @@ def _kernels_under(folder) -> list[int]:
     for p in psutil.process_iter(["cmdline"]):
         try:
             if "ipykernel" in " ".join(p.info["cmdline"] or []) and \
-                    p.environ().get("COURSE_RESULTS_FILE", "").startswith(str(folder)):
+                    p.environ().get("COURSE_GRADING", "").startswith(str(folder)):
                 found.append(p.pid)
         except (psutil.Error, OSError):
             pass
@@ -52,7 +52,8 @@ def test_the_unsolved_lesson_scores_zero_without_crashing(tmp_path, solutions):
 
 def test_one_wrong_answer_loses_exactly_that_exercise(tmp_path, solutions):
     nb = nbformat.read(SOLUTIONS / "01_training_mnist.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if 'course.check("1.1"' in c.source)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "answer_1_1")
+    assert "if p.dim() > 1)" in cell.source
     cell.source = cell.source.replace("if p.dim() > 1)", ")")  # decays the biases too: wrong
     nbformat.write(nb, tmp_path / "01_training_mnist.ipynb")
     report = grade_notebook(tmp_path / "01_training_mnist.ipynb", timeout=400, solutions=solutions)
@@ -62,28 +63,87 @@ def test_one_wrong_answer_loses_exactly_that_exercise(tmp_path, solutions):
     assert report.score == 0.5
 
 
+def _tiny_solution(hidden: str, tests_meta=True) -> nbformat.NotebookNode:
+    """A one-exercise solution (exercise 0.1): an answer cell, then its tests cell with ``hidden``."""
+    grade = {"grade": True, "grade_id": "tests_0_1", "locked": True, "points": 2, "solution": False, "schema_version": 3}
+    answer = {"grade": False, "grade_id": "answer_0_1", "locked": False, "solution": True, "schema_version": 3}
+    return new_notebook(cells=[
+        new_markdown_cell("# 42 · A tiny lesson\nWith enough text to be recognised.", id="m0"),
+        new_code_cell('profile = "default"', id="p0", metadata={"tags": ["parameters"]}),
+        new_code_cell("import course\n\ndef error_rate(logits, labels):\n    ### BEGIN SOLUTION\n"
+                      "    return (logits.argmax(dim=1) != labels).float().mean().item()\n    ### END SOLUTION",
+                      id="e1", metadata={"nbgrader": answer}),
+        new_code_cell(f'course.check("0.1", error_rate)\n### BEGIN HIDDEN TESTS\n{hidden}\n### END HIDDEN TESTS',
+                      id="t1", metadata={"nbgrader": grade} if tests_meta else {}),
+        new_markdown_cell("The end of the lesson.", id="m9"),
+    ])
+
+
+def _student_of(solution, tmp_path, edit=None):
+    """The lesson built from ``solution``, answered with the solution's code (and ``edit``ed)."""
+    lesson = build_lesson(solution)
+    lesson.cells[2].source = solution.cells[2].source
+    if edit:
+        edit(lesson)
+    nbformat.write(lesson, tmp_path / "student.ipynb")
+    return tmp_path / "student.ipynb"
+
+
 def test_hidden_tests_are_put_back_and_count(tmp_path):
     """A check that passes is not enough when the solution's hidden tests fail."""
     sol_dir = tmp_path / "solutions"
     sol_dir.mkdir()
-    solution = new_notebook(cells=[
-        new_markdown_cell("# 42 · A tiny lesson\nWith enough text to be recognised.", id="m0"),
-        new_code_cell('profile = "default"', id="p0", metadata={"tags": ["parameters"]}),
-        new_code_cell("import course\n\ndef error_rate(logits, labels):\n    ### BEGIN SOLUTION\n"
-                      "    return (logits.argmax(dim=1) != labels).float().mean().item()\n    ### END SOLUTION\n\n"
-                      'course.check("0.1", error_rate)', id="e1"),
-        new_code_cell("print('after the exercise')\n### BEGIN HIDDEN TESTS\n"
-                      "assert error_rate.__name__ == 'a name nobody writes', 'hidden test failed'\n### END HIDDEN TESTS",
-                      id="h1"),
-    ])
+    solution = _tiny_solution("assert error_rate.__name__ == 'a name nobody writes', 'hidden test failed'")
     nbformat.write(solution, sol_dir / "42_tiny.ipynb")
-    lesson = build_lesson(solution)  # the student's copy, solved, lacks the hidden tests
-    lesson.cells[2].source = solution.cells[2].source
-    nbformat.write(lesson, tmp_path / "student.ipynb")
-    report = grade_notebook(tmp_path / "student.ipynb", timeout=120, solutions_dir=sol_dir)
+    assert "hidden test failed" not in (build_lesson(solution).cells[3].source)
+    report = grade_notebook(_student_of(solution, tmp_path), timeout=120, solutions_dir=sol_dir)
     assert report.lesson == "42_tiny" and report.verdict == "graded"
     (ex,) = report.exercises
-    assert not ex.passed and "hidden test failed" in ex.reason, ex
+    assert not ex.passed and "hidden test failed" in ex.reason and "hidden tests failed" in ex.reason, ex
+    assert report.max_points == 2 and report.points == 0
+
+
+def test_a_deleted_or_rewritten_tests_cell_is_the_teachers_again(tmp_path):
+    """The tests cell is the teacher's: a student who deletes it, or turns it into a string, is
+    graded by the teacher's cell all the same."""
+    sol_dir = tmp_path / "solutions"
+    sol_dir.mkdir()
+    solution = _tiny_solution("assert error_rate(torch.zeros(2, 3), torch.tensor([1, 1])) == 1.0, 'all wrong'"
+                              .replace("torch.", "__import__('torch')."))
+    nbformat.write(solution, sol_dir / "42_tiny.ipynb")
+
+    def wrong(nb):
+        nb.cells[2].source = nb.cells[2].source.replace("!=", "==")  # the accuracy: wrong
+
+    def deleted(nb):
+        wrong(nb)
+        del nb.cells[3]
+
+    def quoted(nb):
+        wrong(nb)
+        nb.cells[3].source = 'note = """course.check("0.1", error_rate)"""'
+
+    for edit in (deleted, quoted):
+        report = grade_notebook(_student_of(solution, tmp_path, edit), timeout=120, solutions_dir=sol_dir)
+        (ex,) = report.exercises
+        assert not ex.passed and "accuracy" in ex.reason, (edit.__name__, ex)
+    report = grade_notebook(_student_of(solution, tmp_path, lambda nb: nb.cells.pop(3)), timeout=120,
+                            solutions_dir=sol_dir)
+    assert report.exercises[0].passed, report.exercises  # right answer, tests cell deleted: still graded
+
+
+def test_the_older_one_cell_form_is_still_graded(tmp_path):
+    """A solution whose exercise cell holds the answer and its check (lesson 11 until it is split)."""
+    sol_dir = tmp_path / "solutions"
+    sol_dir.mkdir()
+    solution = _tiny_solution("assert error_rate.__name__ == 'a name nobody writes', 'hidden test failed'",
+                              tests_meta=False)
+    solution.cells[2].source += "\n\ncourse.check(\"0.1\", error_rate)"
+    solution.cells[2].metadata = {}
+    del solution.cells[3]
+    nbformat.write(solution, sol_dir / "42_tiny.ipynb")
+    report = grade_notebook(_student_of(solution, tmp_path), timeout=120, solutions_dir=sol_dir)
+    assert [(e.id, e.passed) for e in report.exercises] == [("0.1", True)], report.exercises
 
 
 def test_a_crash_is_a_verdict_and_what_ran_still_counts(tmp_path, solutions):

@@ -5,7 +5,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from course.lessons import build_lesson, build_lessons, leaks, repo_root
+from course.lessons import (BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, PENDING_CONVENTION, build_lesson, build_lessons,
+                            exercise_problems, leaks, repo_root, strip_blocks)
 
 
 def test_committed_lessons_are_in_sync_and_leak_nothing():
@@ -25,9 +26,11 @@ def test_every_solution_has_checked_exercises():
 def _solution():
     nb = new_notebook()
     nb.cells = [
-        new_code_cell('def f(x):\n    ### BEGIN SOLUTION\n    return x * 2 + secret_constant\n    ### END SOLUTION\n\n'
-                      'course.check("9.1", f)'),
-        new_code_cell("print('visible')\n### BEGIN HIDDEN TESTS\nassert f(1) == hidden_expected_value\n### END HIDDEN TESTS"),
+        new_code_cell("def f(x):\n    ### BEGIN SOLUTION\n    return x * 2 + secret_constant\n    ### END SOLUTION",
+                      metadata={"nbgrader": {"solution": True, "grade": False, "grade_id": "answer_9_1"}}),
+        new_code_cell('course.check("9.1", f)\nprint(\'visible\')\n### BEGIN HIDDEN TESTS\nassert f(1) == hidden_expected_value\n'
+                      "### END HIDDEN TESTS",
+                      metadata={"nbgrader": {"grade": True, "locked": True, "points": 1, "grade_id": "tests_9_1"}}),
     ]
     nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="old output")]
     nb.cells[0].execution_count = 3
@@ -39,12 +42,14 @@ def test_build_lesson_stubs_solutions_and_removes_hidden_tests():
     first, second = lesson.cells[0].source, lesson.cells[1].source
     assert 'raise NotImplementedError("Exercise 9.1: write f")' in first
     assert "secret_constant" not in first and "hidden_expected_value" not in second
-    assert "print('visible')" in second
+    assert "print('visible')" in second and 'course.check("9.1", f)' in second
     assert lesson.cells[0].outputs == [] and lesson.cells[0].execution_count is None
+    assert lesson.cells[1].metadata["nbgrader"]["grade_id"] == "tests_9_1"  # nbgrader can grade a lesson too
     assert leaks(_solution(), lesson) == []
     ns = {"course": type("C", (), {"check": staticmethod(lambda i, f: f(1))})}
+    exec(first, ns)
     with pytest.raises(NotImplementedError, match="9.1"):
-        exec(first, ns)
+        exec(second, ns)
 
 
 def test_leak_detection_catches_solution_text():
@@ -84,3 +89,68 @@ def test_check_mode_reports_stale_and_orphans(tmp_path):
     report = build_lessons(sol, les, check=True)
     assert report.stale == ["00_welcome.ipynb"] and report.orphans == ["99_orphan.ipynb"]
     assert "A new sentence." not in (les / "00_welcome.ipynb").read_text()
+
+
+def _exercise_pairs(path):
+    """(answer cell, tests cell) of each exercise of a solution, in the nbgrader convention."""
+    cells = nbformat.read(path, as_version=4).cells
+    return [(cells[i - 1], c) for i, c in enumerate(cells) if c.metadata.get("nbgrader", {}).get("grade")]
+
+
+CONVENTIONAL = [p for p in sorted((repo_root() / "solutions").glob("[0-9][0-9]_*.ipynb"))
+                if p.name not in PENDING_CONVENTION]
+
+
+@pytest.mark.parametrize("path", CONVENTIONAL, ids=lambda p: p.stem)
+def test_every_exercise_has_locked_pointed_tests_with_hidden_tests(path):
+    solution = nbformat.read(path, as_version=4)
+    assert exercise_problems(solution) == []
+    pairs = _exercise_pairs(path)
+    assert pairs, f"{path.name} has no exercise"
+    for answer, tests in pairs:
+        assert answer.metadata["nbgrader"]["solution"] and BEGIN_SOLUTION in answer.source
+        assert answer.metadata["nbgrader"]["grade_id"] == tests.metadata["nbgrader"]["grade_id"].replace("tests_", "answer_")
+
+
+@pytest.mark.parametrize("path", CONVENTIONAL, ids=lambda p: p.stem)
+def test_the_solutions_pass_their_own_hidden_tests_and_a_stub_fails_them(path, capsys):
+    """Each tests cell, run on the solution's answer: passes; on the lesson's stub: raises."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    import course
+    for answer, tests in _exercise_pairs(path):
+        ns = {"course": course, "torch": torch, "math": math, "F": F}
+        exec(answer.source, ns)
+        exec(tests.source, ns)
+        _, hidden = strip_blocks(tests.source, BEGIN_HIDDEN, END_HIDDEN)
+        stub = {"course": course, "torch": torch, "math": math, "F": F}
+        exec(build_lesson(nbformat.v4.new_notebook(cells=[answer])).cells[0].source, stub)
+        with pytest.raises(NotImplementedError):
+            exec("\n".join(hidden), stub)  # the hidden tests alone call the answer, too
+
+
+def test_a_solution_without_hidden_tests_or_nbgrader_metadata_is_reported(tmp_path):
+    sol, les = tmp_path / "solutions", tmp_path / "lessons"
+    sol.mkdir()
+    nb = nbformat.read(repo_root() / "solutions" / "00_welcome.ipynb", as_version=4)
+    tests = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "tests_0_1")
+    tests.source = tests.source.split(BEGIN_HIDDEN)[0]           # no hidden tests
+    nb.cells[0].metadata["nbgrader"] = {"grade_id": "tests_0_2"}  # a repeated grade id
+    nbformat.write(nb, sol / "00_welcome.ipynb")
+    report = build_lessons(sol, les)
+    problems = report.unconventional["00_welcome.ipynb"]
+    assert any("no hidden tests" in p for p in problems) and any("twice" in p for p in problems), problems
+    assert not report.ok
+
+
+def test_a_hidden_test_leaking_into_a_lesson_is_caught():
+    solution = nbformat.read(repo_root() / "solutions" / "00_welcome.ipynb", as_version=4)
+    lesson = build_lesson(solution)
+    tests = next(c for c in solution.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "tests_0_1")
+    hidden_line = strip_blocks(tests.source, BEGIN_HIDDEN, END_HIDDEN)[1][-1]
+    assert hidden_line.strip() not in nbformat.writes(lesson)
+    lesson.cells[-1].source += "\n" + hidden_line
+    assert leaks(solution, lesson) == [hidden_line.strip()]

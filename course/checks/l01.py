@@ -8,12 +8,12 @@ from ..train import train_step
 from . import Hint, exercise
 
 
-@exercise("1.1", "the weight-decay term")
+@exercise("1.1", "the weight-decay term", reference="course.models.weight_decay_penalty")
 def _weight_decay(fn):
     torch.manual_seed(0)
     model = build_model("fc100_100_10")
-    want = weight_decay_penalty(model, 0.01).item()
     got = fn(model, 0.01)
+    want = weight_decay_penalty(model, 0.01).item()
     got = got.item() if isinstance(got, torch.Tensor) else float(got)
     with_bias = 0.005 * sum(p.pow(2).sum() for p in model.parameters()).item()
     if abs(got - with_bias) < 1e-6 * max(1, abs(want)) and abs(with_bias - want) > 1e-9:
@@ -26,7 +26,7 @@ def _weight_decay(fn):
         raise Hint("the penalty is λ/2 times the sum, over weight matrices, of the squared entries (not the norm itself).")
 
 
-@exercise("1.2", "one training step")
+@exercise("1.2", "one training step", reference="course.train.train_step")
 def _train_step(fn):
     torch.manual_seed(0)
     ref = build_model("fc100_100_10")
@@ -36,8 +36,8 @@ def _train_step(fn):
     opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
     opt_mine = torch.optim.SGD(mine.parameters(), lr=0.1)
     before = [p.detach().clone() for p in mine.parameters()]
-    want = train_step(ref, opt_ref, x, y, 1e-3)
     got = fn(mine, opt_mine, x, y, 1e-3)
+    want = train_step(ref, opt_ref, x, y, 1e-3)
     got = got.item() if isinstance(got, torch.Tensor) else got
     changed = any(not torch.equal(a, b) for a, b in zip(mine.parameters(), before))
     if not changed:

@@ -11,7 +11,7 @@ def _as_tensor(x) -> torch.Tensor:
     return torch.as_tensor(x)
 
 
-@exercise("2.1", "label purity of the top-k images")
+@exercise("2.1", "label purity of the top-k images", reference="course.probing.label_purity")
 def _purity(fn):
     labels = torch.tensor([
         [3, 3, 3, 3, 3, 3, 3, 3],   # all alike
@@ -20,8 +20,8 @@ def _purity(fn):
         [4, 4, 9, 9, 9, 4, 9, 4],   # a tie: 4 and 4
         [2, 2, 2, 5, 6, 8, 8, 0],
     ])
-    want = label_purity(labels).float()
     got = fn(labels.clone())
+    want = label_purity(labels).float()
     got = _as_tensor(got).float() if not isinstance(got, (int, float)) else torch.tensor(float(got))
     if got.dim() == 0 or got.numel() == 1 and len(want) > 1:
         raise Hint("one purity per row: each row holds the labels of one direction's top-k images. "
@@ -44,14 +44,14 @@ def _purity(fn):
                    "largest count, divide by k. A row of 8 identical labels gives 1.0, 8 different ones 0.125.")
 
 
-@exercise("2.2", "the top-k images along a direction")
+@exercise("2.2", "the top-k images along a direction", reference="course.probing.top_k_along")
 def _top_k(fn):
     g = torch.Generator().manual_seed(2)
     feats = torch.randn(60, 6, generator=g) * torch.linspace(0.2, 3.0, 60).unsqueeze(1)
     dirs = torch.randn(4, 6, generator=g)
     k = 5
-    want, _ = top_k_along(feats, dirs, k)
     got = _as_tensor(fn(feats.clone(), dirs.clone(), k)).long()
+    want, _ = top_k_along(feats, dirs, k)
     if got.shape == (k, len(dirs)):
         raise Hint("one row per direction, please: the result should be (n_dirs, k). "
                    "topk along the images' axis gives (k, n_dirs): transpose it.")

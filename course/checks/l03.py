@@ -16,13 +16,13 @@ def _as_tensor(v, name):
     return v
 
 
-@exercise("3.1", "the distortion of an adversarial image")
+@exercise("3.1", "the distortion of an adversarial image", reference="course.attacks.distortion")
 def _distortion(fn):
     g = torch.Generator().manual_seed(3)
     x = torch.rand(5, 1, 28, 28, generator=g)
     x_adv = (x + 0.1 * torch.randn(5, 1, 28, 28, generator=g) * torch.arange(1, 6).view(5, 1, 1, 1) / 5).clamp(0, 1)
-    want = distortion(x, x_adv)
     got = fn(x, x_adv)
+    want = distortion(x, x_adv)
     got = _as_tensor(got, "the distortions").detach().float().cpu()
     if got.numel() == 1 and len(want) > 1:
         raise Hint("return one distortion per image (a tensor of shape (N,)), not one number for the whole batch.")
@@ -57,8 +57,8 @@ def _c_step(fn):
     success = torch.tensor([True, False, True, False, True, False])
     lo = torch.tensor([0.0, 0.0, 0.01, 1.0, 0.1, 0.0])
     hi = torch.tensor([math.inf, math.inf, 1.0, math.inf, 100.0, 1.0])
-    want_c, want_lo, want_hi = _reference_c_step(c, success, lo, hi, 10.0)
     out = fn(c.clone(), success.clone(), lo.clone(), hi.clone(), 10.0)
+    want_c, want_lo, want_hi = _reference_c_step(c, success, lo, hi, 10.0)
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         raise Hint("return three tensors: (next_c, lo, hi).")
     got_c, got_lo, got_hi = (_as_tensor(v, "next_c, lo and hi").float().reshape(-1) for v in out)

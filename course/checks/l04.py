@@ -20,7 +20,7 @@ class _Fixed(nn.Module):
         return torch.nn.functional.one_hot(cls, 10).float() * self.scale
 
 
-@exercise("4.1", "the transfer error")
+@exercise("4.1", "the transfer error", reference="course.attacks.transfer_error")
 def _transfer_error(fn):
     g = torch.Generator().manual_seed(4)
     labels = torch.randint(0, 10, (40,), generator=g)
@@ -29,8 +29,8 @@ def _transfer_error(fn):
     x = torch.rand(40, 1, 28, 28, generator=g)
     x[:, 0, 0, 0] = answers.float() / 9
     model = _Fixed()
-    want = transfer_error(model, x, labels)
     got = fn(model, x, labels)
+    want = transfer_error(model, x, labels)
     got = got.item() if isinstance(got, torch.Tensor) and got.numel() == 1 else got
     if not isinstance(got, (int, float)):
         raise Hint("return one number: the share of images the model gets wrong.")
@@ -42,14 +42,14 @@ def _transfer_error(fn):
         raise Hint("predict with the model (arg-max of its logits) and compare with the true labels.")
 
 
-@exercise("4.2", "amplify a perturbation to a per-pixel stddev σ")
+@exercise("4.2", "amplify a perturbation to a per-pixel stddev σ", reference="course.attacks.amplify")
 def _amplify(fn):
     g = torch.Generator().manual_seed(42)
     x = torch.rand(4, 1, 28, 28, generator=g) * 0.6 + 0.2      # away from the box: clipping rarely bites
     r = torch.randn(4, 1, 28, 28, generator=g) * torch.tensor([0.01, 0.03, 0.05, 0.0]).view(4, 1, 1, 1)
     x_adv = x + r
-    want = amplify(x, x_adv, 0.1)
     got = fn(x, x_adv, 0.1)
+    want = amplify(x, x_adv, 0.1)
     if not isinstance(got, torch.Tensor) or got.shape != x.shape:
         raise Hint(f"return the amplified images, a tensor shaped like x {tuple(x.shape)}.")
     got = got.detach().float()

@@ -14,13 +14,14 @@ def _number(x) -> float:
     return float(x)
 
 
-@exercise("5.1", "the spectral norm of a dense layer")
+@exercise("5.1", "the spectral norm of a dense layer",
+          reference=("course.stability.spectral_norm", "course.stability.dense_bound"))
 def _dense(fn):
     g = torch.Generator().manual_seed(5)
     for W in (torch.randn(30, 50, generator=g),
               torch.randn(40, 3, generator=g) @ torch.randn(3, 20, generator=g) + 0.1 * torch.randn(40, 20, generator=g)):
-        want = torch.linalg.matrix_norm(W, 2).item()
         got = _number(fn(W.clone()))
+        want = torch.linalg.matrix_norm(W, 2).item()
         if math.isclose(got, want, rel_tol=1e-4):
             continue
         if math.isclose(got, torch.linalg.matrix_norm(W, "fro").item(), rel_tol=1e-4):
@@ -35,12 +36,13 @@ def _dense(fn):
                    "(torch.linalg.svdvals, or the square root of the largest eigenvalue of WᵀW).")
 
 
-@exercise("5.2", "the Fourier bound of a circular 1-D convolution")
+@exercise("5.2", "the Fourier bound of a circular 1-D convolution",
+          reference=("course.stability.conv_operator_norm",))
 def _conv1d(fn):
     cases = [(torch.tensor([0.5, -1.0, 0.25, 0.8]), 16), (torch.tensor([1.0, 2.0, -0.5]), 10)]
     for kernel, n in cases:
-        want = torch.fft.fft(kernel, n=n).abs().max().item()
         got = _number(fn(kernel.clone(), n))
+        want = torch.fft.fft(kernel, n=n).abs().max().item()
         if math.isclose(got, want, rel_tol=1e-5):
             continue
         if math.isclose(got, torch.fft.fft(kernel).abs().max().item(), rel_tol=1e-5):

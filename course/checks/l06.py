@@ -9,12 +9,12 @@ def _as_tensor(x):
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float64)
 
 
-@exercise("6.1", "the polynomial-mutation step δ")
+@exercise("6.1", "the polynomial-mutation step δ", reference="course.evolution.polynomial_delta")
 def _polynomial_delta(fn):
     u = torch.tensor([0.0, 0.01, 0.1, 0.3, 0.49, 0.5, 0.51, 0.7, 0.9, 0.99], dtype=torch.float64)
     eta = 15.0
-    want = polynomial_delta(u, eta)
     got = fn(u.clone(), eta)
+    want = polynomial_delta(u, eta)
     if got is None:
         raise Hint("return the steps δ, one per entry of u (a tensor of the same shape).")
     got = _as_tensor(got).to(torch.float64)
@@ -44,15 +44,15 @@ def reference_update(scores, probs):
     return torch.where(better, best, scores), better
 
 
-@exercise("6.2", "the every-cell archive update")
+@exercise("6.2", "the every-cell archive update", reference="course.evolution.map_elites.Archive.update")
 def _archive_update(fn):
     inf = float("inf")
     scores = torch.tensor([-inf, 0.50, 0.90, 0.30, -inf])
     probs = torch.tensor([[0.10, 0.60, 0.05, 0.30, 0.00],   # ties cell 3: must not replace it
                           [0.70, 0.20, 0.05, 0.05, 0.00],
                           [0.20, 0.55, 0.01, 0.20, 0.04]])
-    want_scores, want_mask = reference_update(scores, probs)
     out = fn(scores.clone(), probs.clone())
+    want_scores, want_mask = reference_update(scores, probs)
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         raise Hint("return two things: the new scores (one per cell) and the boolean mask of cells that changed.")
     got_scores, got_mask = (_as_tensor(o) for o in out)

@@ -16,8 +16,8 @@ def _activations(fn):
     g = torch.Generator().manual_seed(7)
     z = torch.randn(8, 50, generator=g, dtype=torch.float64) * 4
     act = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
-    want = reference_activations(z, act)
     got = fn(z.clone(), act.clone())
+    want = reference_activations(z, act)
     if got is None:
         raise Hint("return the activated values, a tensor with the same shape as z.")
     got = torch.as_tensor(got, dtype=torch.float64)
@@ -40,11 +40,11 @@ def _activations(fn):
     raise Hint("wrong for: " + ", ".join(wrong) + ". Every activation keeps its output in [−1, 1].")
 
 
-@exercise("7.2", "the CPPN's inputs x, y, d, bias")
+@exercise("7.2", "the CPPN's inputs x, y, d, bias", reference="course.evolution.coordinates")
 def _inputs(fn):
     H, W = 5, 7
-    want = coordinates(H, W, dtype=torch.float64)
     got = fn(H, W)
+    want = coordinates(H, W, dtype=torch.float64)
     if got is None:
         raise Hint("return a (4, height·width) tensor: rows x, y, d, bias.")
     got = torch.as_tensor(got, dtype=torch.float64)

@@ -19,7 +19,7 @@ def reference_step(model, x, targets, lr):
     return (x.detach() + lr * grad).clamp(0.0, 1.0)
 
 
-@exercise("8.1", "one gradient-ascent step in the box")
+@exercise("8.1", "one gradient-ascent step in the box", reference="course.fooling.gradient_ascent")
 def _ascent_step(fn):
     model = _toy_model()
     g = torch.Generator().manual_seed(3)
@@ -27,8 +27,8 @@ def _ascent_step(fn):
     x[0, 0, 0, :3] = torch.tensor([0.0, 1.0, 0.999], dtype=torch.float64)  # pixels at and near the box
     targets = torch.tensor([3, 0, 7, 3])
     lr = 2.0
-    want = reference_step(model, x, targets, lr)
     got = fn(model, x.clone(), targets.clone(), lr)
+    want = reference_step(model, x, targets, lr)
     if got is None:
         raise Hint("return the new images (same shape as x).")
     got = torch.as_tensor(got).detach().to(torch.float64)
@@ -68,8 +68,8 @@ def reference_kernel(sigma):
 @exercise("8.2", "the Gaussian blur kernel")
 def _kernel(fn):
     for sigma in (0.5, 1.0, 1.7):
-        want = reference_kernel(sigma)
         got = fn(sigma)
+        want = reference_kernel(sigma)
         if got is None:
             raise Hint("return the 1-D kernel weights as a tensor.")
         got = torch.as_tensor(got, dtype=torch.float64).reshape(-1)

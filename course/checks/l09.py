@@ -21,7 +21,8 @@ def _rows_match(out_x, out_y, pool_x, pool_y):
     return ok
 
 
-@exercise("9.1", "mixing the pool into a batch")
+@exercise("9.1", "mixing the pool into a batch",
+          reference=("course.retraining.pool.AdversarialPool.mix", "course.retraining.pool.AdversarialPool.sample"))
 def _mix(fn):
     pool_x, pool_y = _pool()
     batch_x, batch_y = torch.rand(8, 1, 4, 4) + 2.0, torch.arange(8) % 10  # values no pool row has
@@ -51,7 +52,8 @@ def _mix(fn):
         raise Hint("k may exceed the pool's size: draw with replacement.")
 
 
-@exercise("9.2", "replacing a share of the pool")
+@exercise("9.2", "replacing a share of the pool",
+          reference=("course.retraining.pool.AdversarialPool.replace", "course.retraining.pool.AdversarialPool.put"))
 def _replace(fn):
     pool_x, pool_y = _pool(20)
     keep_x, keep_y = pool_x.clone(), pool_y.clone()
@@ -86,7 +88,7 @@ def _replace(fn):
         raise Hint("with fraction = 0 nothing changes.")
 
 
-@exercise("9.3", "the network above a layer")
+@exercise("9.3", "the network above a layer", reference="course.retraining.layers.LayersAbove")
 def _above(fn):
     torch.manual_seed(0)
     model = build_model("fc100_100_10").eval()
@@ -96,8 +98,8 @@ def _above(fn):
         h2 = model.act2(model.fc2(h1))
         cases = {0: x.reshape(6, -1), 1: h1, 2: h2}
         for layer, h in cases.items():
-            want = LayersAbove(model, layer)(h)
             got = fn(model, layer, h)
+            want = LayersAbove(model, layer)(h)
             if not isinstance(got, torch.Tensor) or got.shape != want.shape:
                 raise Hint(f"for layer {layer} return the logits, shape (N, 10).")
             if not torch.allclose(got, want, atol=1e-5):

@@ -5,7 +5,8 @@ from torch import nn
 from . import Hint, exercise
 
 
-@exercise("10.1", "relabelling fooling images as the extra class")
+@exercise("10.1", "relabelling fooling images as the extra class",
+          reference="course.retraining.add_fooling_class")
 def _add(fn):
     images, labels = torch.rand(12, 1, 4, 4), torch.arange(12) % 10
     fooling = torch.rand(5, 1, 4, 4)
@@ -35,7 +36,7 @@ def _add(fn):
         raise Hint("use n_classes, not a fixed number: the same code serves ImageNet (1000 real classes).")
 
 
-@exercise("10.2", "an 11th output that keeps what was learnt")
+@exercise("10.2", "an 11th output that keeps what was learnt", reference="course.retraining.widen_classifier")
 def _widen(fn):
     torch.manual_seed(0)
     layer = nn.Linear(50, 10)

@@ -35,14 +35,15 @@ def _mean_over(net, crops, average_logits=False):
     return torch.stack([torch.softmax(o, dim=1) for o in outs]).mean(0)
 
 
-@exercise("11.1", "the 10-crop confidence")
+@exercise("11.1", "the 10-crop confidence",
+          reference=("course.models.imagenet.ten_crop_probs", "course.imagenet.ten_crop_probs"))
 def _ten_crop(fn):
     net = _toy_net()
     g = torch.Generator().manual_seed(3)
     images = torch.rand(3, 3, 12, 11, generator=g)
     crop = 8
-    want = _mean_over(net, _crops(images, crop))
     got = fn(net, images.clone(), crop)
+    want = _mean_over(net, _crops(images, crop))
     if not isinstance(got, torch.Tensor):
         raise Hint(f"return a tensor of probabilities, got {type(got).__name__}.")
     got = got.detach().float()
@@ -71,14 +72,15 @@ def _ten_crop(fn):
                "softmax probabilities of the 10 crops.")
 
 
-@exercise("11.2", "ImageNet normalisation")
+@exercise("11.2", "ImageNet normalisation",
+          reference=("course.models.imagenet.normalize", "course.imagenet.normalize"))
 def _normalize(fn):
     g = torch.Generator().manual_seed(4)
     images = torch.rand(2, 3, 5, 3, generator=g)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
-    want = (images - mean) / std
     got = fn(images.clone())
+    want = (images - mean) / std
     if not isinstance(got, torch.Tensor):
         raise Hint(f"return a tensor, got {type(got).__name__}.")
     got = got.detach().float()
