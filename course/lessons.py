@@ -38,9 +38,8 @@ BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 MANIFEST = ".manifest.json"
 _CHECK_CALL = re.compile(r"""course\.check\(\s*["']([\w.]+)["']""")
 _DEF = re.compile(r"^\s*def\s+(\w+)", re.M)
-# Solutions still in the older one-cell exercise format: reported, not failed. Lesson 11 is being
-# split into two ImageNet lessons, which adopt the convention; remove the name when they land.
-PENDING_CONVENTION = frozenset({"11_imagenet.ipynb"})
+# Solutions still in the older one-cell exercise format: reported, not failed (none left).
+PENDING_CONVENTION: frozenset[str] = frozenset()
 _GRADE_ID = re.compile(r"^(answer|tests)_(\d+_\d+)$")
 
 
