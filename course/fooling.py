@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import validate
+from .modes import restore, to_eval
 
 
 @dataclass
@@ -98,8 +99,7 @@ def gradient_ascent(model: nn.Module, targets, steps: int = 500, lr: float = 10.
 
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
+    modes = to_eval(model)
     x = _start_noise(targets, shape, seed).to(device)
     tdev = targets.to(device)
     rows = torch.arange(len(targets), device=device)
@@ -127,7 +127,7 @@ def gradient_ascent(model: nn.Module, targets, steps: int = 500, lr: float = 10.
                         x = gaussian_blur(x, blur_sigma)
                     x = x.clamp(0.0, 1.0)
     finally:
-        model.train(was_training)
+        restore(modes)
     history = torch.stack(history).cpu()
     return AscentResult(x.detach(), history[-1].clone(), history, targets)
 
@@ -144,13 +144,12 @@ def ascent_lr(model: nn.Module, targets, shape, rms_step: float = 0.02, seed: in
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
     x = _start_noise(targets, shape, seed).to(device).requires_grad_(True)
-    was_training = model.training
-    model.eval()
+    modes = to_eval(model)
     try:
         with torch.enable_grad():
             logp = torch.log_softmax(model(x).float(), dim=1)[torch.arange(len(targets)), targets.to(device)]
             (grad,) = torch.autograd.grad(logp.sum(), x)
     finally:
-        model.train(was_training)
+        restore(modes)
     rms = grad.pow(2).mean().sqrt().item()
     return float(rms_step / rms) if rms > 0 else 1.0

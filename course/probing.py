@@ -21,6 +21,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .modes import restore, to_eval
+
 
 def activations(model: nn.Module, layer: str, images: torch.Tensor,
                 batch_size: int = 512, *, of: str = "output") -> torch.Tensor:
@@ -45,15 +47,14 @@ def activations(model: nn.Module, layer: str, images: torch.Tensor,
     else:
         handle = modules[layer].register_forward_pre_hook(
             lambda module, inputs: caught.append(inputs[0].flatten(1).cpu()))
-    was_training = model.training
+    modes = to_eval(model)
     try:
-        model.eval()
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 model(images[start:start + batch_size].to(device))
     finally:
         handle.remove()
-        model.train(was_training)
+        restore(modes)
     return torch.cat(caught)
 
 

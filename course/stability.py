@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from . import validate
+from .modes import restore, to_eval
 
 # Largest slope of each elementwise activation: its Lipschitz constant.
 ACTIVATION_LIPSCHITZ: dict[type, Callable[[nn.Module], float]] = {
@@ -396,13 +397,12 @@ def _trace_leaf_inputs(model: nn.Module, input_shape: Sequence[int]) -> dict[str
 
     handles = [m.register_forward_pre_hook(record(n))
                for n, m in model.named_modules() if n and not any(m.children())]
-    was_training = model.training
+    modes = to_eval(model)
     try:
-        model.eval()
         with torch.no_grad():
             model(x)
     finally:
-        model.train(was_training)
+        restore(modes)
         for h in handles:
             h.remove()
     return seen

@@ -55,9 +55,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course.modes import restore, to_eval
 from course.stability import (  # noqa: F401  (network_bound: re-exported for the product)
-    ACTIVATION_LIPSCHITZ, LayerBound, avgpool_bound, conv_operator_norm, dense_bound,
-    lanczos_norm, network_bound, power_iteration_norm,
+    ACTIVATION_LIPSCHITZ,
+    LayerBound,
+    avgpool_bound,
+    conv_operator_norm,
+    dense_bound,
+    lanczos_norm,
+    network_bound,
+    power_iteration_norm,
 )
 
 __all__ = ["BlockBound", "ConvBN", "LayerCheck", "block_bounds", "conv_bn_bound",
@@ -374,13 +381,12 @@ def _trace(model: nn.Module, input_shape: Sequence[int]) -> list:
                or type(m) in ACTIVATION_LIPSCHITZ]
     handles = [m.register_forward_pre_hook(before) for m in watched]
     handles += [m.register_forward_hook(after) for m in watched]
-    was_training = model.training
+    modes = to_eval(model)
     try:
-        model.eval()
         with torch.no_grad():
             model(x)
     finally:
-        model.train(was_training)
+        restore(modes)
         for h in handles:
             h.remove()
 

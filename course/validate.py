@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .modes import evaluating
+
 
 def _param(model: nn.Module) -> torch.Tensor | None:
     """The model's first floating-point parameter (its dtype and device are the model's)."""
@@ -78,7 +80,7 @@ def probe(model: nn.Module, images: torch.Tensor, where: str) -> int:
     """
     one = images[:1]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):   # a probe in training mode would move batch norms' statistics
             out = model(one)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         if isinstance(e, torch.cuda.OutOfMemoryError):

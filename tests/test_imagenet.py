@@ -379,3 +379,27 @@ def test_fine_tune_with_a_fooling_class(no_env, tmp_path):
         fine_tune_fooling_class(net, real.images, real.labels, torch.rand(1, 3, 32, 32), progress=False)
     with pytest.raises(ValueError, match="labels are needed"):
         fine_tune_fooling_class(net, real.images, None, fooling, progress=False)
+
+
+def test_the_network_stays_in_evaluation_mode_through_the_library(lite0):
+    """A fresh wrapper (CropScorer starts like any nn.Module) must not leave the network in training
+    mode: its batch norms would then use each batch's statistics and overwrite their running ones."""
+    from course.evolution import CPPNEncoding, map_elites
+    from course.fooling import gradient_ascent
+    from course.modes import evaluating
+
+    wrapper = nn.Sequential(lite0)           # starts in training mode, the network inside in eval
+    assert wrapper.training and not lite0.net.training
+    before = lite0.net.bn1.running_mean.clone()
+    result = map_elites(imagenet_scorer := im.CropScorer(wrapper, 32), CPPNEncoding(shape=(3, 32, 32)),
+                        generations=1, offspring=4, initial=4, progress=False)
+    gradient_ascent(wrapper, [1], steps=1, lr=1.0, shape=(3, 32, 32), progress=False)
+    assert not lite0.net.training and not any(m.training for m in lite0.net.modules())
+    assert wrapper.training and torch.equal(lite0.net.bn1.running_mean, before)
+    best = result.archive.scores.argmax()                         # the elites re-score to their scores
+    with torch.no_grad():
+        again = torch.softmax(imagenet_scorer(result.archive.images[[best]]), 1)[0, best]
+    assert abs(again.item() - result.archive.scores[best].item()) < 1e-5
+    with evaluating(wrapper):
+        assert not wrapper.training
+    assert wrapper.training and not lite0.training

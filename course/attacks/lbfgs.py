@@ -51,8 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import validate
+from ..modes import restore, to_eval
 from . import lbfgs_cpu
-
 
 # ---------------------------------------------------------------------------------------------
 # The optimiser: projected L-BFGS for a batch of independent bound-constrained problems
@@ -601,8 +601,7 @@ def lbfgs_attack(model: nn.Module, images: torch.Tensor, targets: torch.Tensor |
     adv, ok, cs, its = [], [], [], []
     workspace: list = []  # the optimiser's buffers, reused by every run of every chunk
     n_evals = n_rows = 0
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    modes = to_eval(model)
     try:
         for s in range(0, N, batch_size):
             bx, bok, bc, bit, ne, nr = _attack_chunk(
@@ -613,8 +612,7 @@ def lbfgs_attack(model: nn.Module, images: torch.Tensor, targets: torch.Tensor |
             adv.append(bx), ok.append(bok), cs.append(bc), its.append(bit)
             n_evals, n_rows = n_evals + ne, n_rows + nr
     finally:
-        for m, mode in modes:
-            m.training = mode
+        restore(modes)
 
     if N == 0:
         empty = images.new_zeros(0)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .. import validate
+from ..modes import restore, to_eval
 
 Genomes = torch.Tensor | dict  # a tensor, or a dict of tensors, population on axis 0
 
@@ -236,8 +237,7 @@ def map_elites(classifier: nn.Module, encoding, generations: int = 200, offsprin
 
     device = _device_of(classifier)
     generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = classifier.training
-    classifier.eval()
+    modes = to_eval(classifier)
     start = time.perf_counter()
     try:
         genomes = encoding.random(initial, generator)
@@ -264,6 +264,6 @@ def map_elites(classifier: nn.Module, encoding, generations: int = 200, offsprin
                 break
         bar.close()
     finally:
-        classifier.train(was_training)
+        restore(modes)
     history = torch.stack(history).cpu()
     return MapElitesResult(archive, history, len(history) - 1, evaluations, time.perf_counter() - start)

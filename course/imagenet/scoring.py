@@ -62,6 +62,7 @@ class CropScorer(nn.Module):
     def __init__(self, net: nn.Module, crop: int, ten_crop: bool = False):
         super().__init__()
         self.net, self.crop, self.ten_crop = net, int(crop), bool(ten_crop)
+        self.training = net.training  # a wrapper starts in training mode; take the network's (this module only)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ten_crop:
