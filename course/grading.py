@@ -19,8 +19,8 @@ no registry it can patch decides a pass. How a submission is graded:
    subprocess, errors allowed, in the ``ci`` profile (``COURSE_PROFILE=ci``, ``COURSE_HEADLESS=1``).
    The whole notebook gets ``timeout`` seconds; past that the kernel is killed and the exercises not
    reached fail.
-4. **Score.** An exercise earns its points when its tests cell ran to its end (the mark printed)
-   and raised nothing — the rule nbgrader applies to the same cell — and the answer is the
+4. **Score.** An exercise earns its points when its tests cell ran to its end (the mark printed),
+   raised nothing and wrote nothing to stderr — nbgrader's rule for the same cell — and the answer is the
    student's own: an answer that is, or whose code calls, one of the course's implementations of
    that exercise (``course.checks.references``) scores zero with a message saying so. That is found
    twice: in the kernel while the answer runs (``course.checks.call``, which nbgrader sees too) and
@@ -457,12 +457,14 @@ def reference_use(cells: list, exercise_id: str, answer: str | None) -> str | No
 
 # --------------------------------------------------------------------------- scoring
 
-def _outputs(cell) -> tuple[dict | None, str]:
-    """(the error output or None, the stdout text) of an executed cell."""
-    error = next((o for o in cell.get("outputs", []) if o.get("output_type") == "error"), None)
-    text = "".join(o.get("text", "") for o in cell.get("outputs", [])
-                   if o.get("output_type") == "stream" and o.get("name") == "stdout")
-    return error, text
+def _outputs(cell) -> tuple[dict | None, str, str]:
+    """(the error output or None, the stdout text, the stderr text) of an executed cell."""
+    outputs = cell.get("outputs", [])
+    error = next((o for o in outputs if o.get("output_type") == "error"), None)
+    streams = {name: "".join(o.get("text", "") for o in outputs
+                             if o.get("output_type") == "stream" and o.get("name") == name)
+               for name in ("stdout", "stderr")}
+    return error, streams["stdout"], streams["stderr"]
 
 
 def _reason(error: dict) -> str:
@@ -501,9 +503,12 @@ def score(solution: _Solution, prepared: nbformat.NotebookNode, executed: nbform
             grades.append(ExerciseGrade(ex.id, title, passed, reason, ex.points))
 
         reached = cell is not None and cell.get("metadata", {}).get("course_grade") == "done"
-        error, text = _outputs(cell) if cell is not None else (None, "")
+        error, text, stderr = _outputs(cell) if cell is not None else (None, "", "")
         if error is not None:
             grade(False, _reason(error))
+        elif stderr.strip():  # nbgrader's rule too: the two graders agree
+            grade(False, "the tests cell wrote to stderr, which nbgrader scores zero: "
+                         + _ANSI.sub("", stderr.strip().splitlines()[-1])[:200])
         elif not reached:
             grade(False, "not reached" + (" (time limit)" if verdict == TIMED_OUT else
                                           " (the notebook stopped)" if verdict == CRASHED else ""))

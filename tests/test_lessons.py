@@ -1,5 +1,6 @@
 """The lesson builder: lessons/ is exactly what solutions/ gives, and leaks nothing."""
 import shutil
+import warnings
 
 import nbformat
 import pytest
@@ -124,7 +125,10 @@ def test_the_solutions_pass_their_own_hidden_tests_and_a_stub_fails_them(path, c
     for answer, tests in _exercise_pairs(path):
         ns = {"course": course, "torch": torch, "math": math, "F": F}
         exec(answer.source, ns)
-        exec(tests.source, ns)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a warning would reach stderr, which nbgrader scores zero
+            exec(tests.source, ns)
+        assert capsys.readouterr().err == "", f"{tests.id} writes to stderr"
         _, hidden = strip_blocks(tests.source, BEGIN_HIDDEN, END_HIDDEN)
         stub = {"course": course, "torch": torch, "math": math, "F": F}
         exec(build_lesson(nbformat.v4.new_notebook(cells=[answer])).cells[0].source, stub)

@@ -12,6 +12,9 @@ import pytest
 
 from course.grading import grade_notebook, load_solutions
 from course.lessons import repo_root
+from test_forgeries import FORGERIES
+
+FORGED = ("patched-registry", "hidden-wrapper", "check-in-a-string")  # nbgrader sees through these too
 
 nbgrader_api = pytest.importorskip("nbgrader.api", reason="nbgrader is in the test extra")
 
@@ -61,6 +64,13 @@ def graded(tmp_path_factory):
                             ("one_wrong", _answered(release, solution, wrong))):
             (root / "submitted" / student / "ps1").mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, root / "submitted" / student / "ps1" / f"{name}.ipynb")
+    for forgery in FORGED:  # lesson 00 only: the lessons/ copy with the forgery's edits
+        nb = nbformat.read(repo_root() / "lessons" / "00_welcome.ipynb", as_version=4)
+        cells = {c.get("id"): c for c in nb.cells}
+        for cell_id, source in FORGERIES[forgery][0].items():
+            cells[cell_id].source = source
+        (root / "submitted" / forgery / "ps1").mkdir(parents=True)
+        nbformat.write(nb, root / "submitted" / forgery / "ps1" / "00_welcome.ipynb")
     _nbgrader(root, "autograde", "ps1")
     grades = {}
     with nbgrader_api.Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
@@ -68,6 +78,9 @@ def graded(tmp_path_factory):
             for name in LESSONS:
                 sub = gb.find_submission_notebook(name, "ps1", student)
                 grades[student, name] = {g.name: g.score for g in sub.grades}
+        for forgery in FORGED:
+            sub = gb.find_submission_notebook("00_welcome", "ps1", forgery)
+            grades[forgery, "00_welcome"] = {g.name: g.score for g in sub.grades}
     return root, grades
 
 
@@ -88,3 +101,11 @@ def test_course_grade_agrees_with_nbgrader(graded):
                                 solutions=solutions)
         ours = {f"tests_{e.id.replace('.', '_')}": e.earned for e in report.exercises}
         assert ours == grades[student, "00_welcome"], (student, report.format())
+
+
+@pytest.mark.parametrize("forgery", FORGED)
+def test_nbgrader_scores_forgeries_zero_on_what_they_fake(graded, forgery):
+    _, grades = graded
+    faked = {f"tests_{ex.replace('.', '_')}" for ex in FORGERIES[forgery][1]}
+    got = grades[forgery, "00_welcome"]
+    assert all(got[g] == 0.0 for g in faked) and all(v == 1.0 for g, v in got.items() if g not in faked), got
