@@ -1,16 +1,16 @@
 """The checkers of lessons 11 and 12 (ImageNet): right answers pass, typical mistakes get their hint,
 and the tests cells of the solutions pass an honest answer and fail a wrong or borrowed one."""
+import json
+import warnings
+
 import pytest
 import torch
 
 import course
 import course.checks
 from course.checks import known_exercises
-from course.lessons import BEGIN_HIDDEN, END_HIDDEN, strip_blocks
-import json
-
 from course.imagenet import ten_crop_probs, ten_crops
-from course.lessons import repo_root
+from course.lessons import BEGIN_HIDDEN, END_HIDDEN, repo_root, strip_blocks
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
@@ -89,7 +89,10 @@ def _honest_normalize(images):
     (TESTS_11_1, {"normalize": _honest_normalize}),
 ])
 def test_the_imagenet_tests_cells_pass_an_honest_answer(source, answers, capsys):
-    exec(source, {"course": course, **answers})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing on stderr: nbgrader would score the cell zero
+        exec(source, {"course": course, **answers})
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("source, answers, why", [
