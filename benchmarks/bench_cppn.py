@@ -23,6 +23,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 from course.evolution.cppn import N_INPUTS, CPPNEncoding, coordinates
@@ -78,6 +79,184 @@ def neat_render(genome: dict, H: int, W: int) -> torch.Tensor:
     net = neat_network(genome, 1)
     inputs = coordinates(H, W, dtype=torch.float64).T.tolist()
     return torch.tensor([min(abs(net.activate(p)[0]), 1.0) for p in inputs]).view(1, H, W)
+
+
+# -- the per-genome numpy baseline ----------------------------------------------------------------
+
+def numpy_genome(genome: dict, n_outputs: int):
+    """Our genome (unbatched tensors) as plain Python, the shape a NEAT user holds a genome in:
+    ``(activations {node: id}, sources {node: [(src, float32 weight), ...]}, output nodes)``.
+    Not timed (like neat's genome objects, it is the genome's representation, not its rendering)."""
+    alive = genome["alive"].nonzero().squeeze(1).tolist()
+    act = genome["act"].tolist()
+    weight = genome["weight"].float()
+    sources: dict[int, list] = {n: [] for n in alive if n >= N_INPUTS}
+    for dst, src in genome["conn"].nonzero().tolist():
+        sources[dst].append((src, np.float32(weight[dst, src])))
+    return {n: act[n] for n in sources}, sources, list(range(N_INPUTS, N_INPUTS + n_outputs))
+
+
+def _np_sin(z):
+    np.sin(z, out=z)
+
+
+def _np_sigmoid(z):                     # 2(σ(z) − 0.5) = tanh(z / 2): one transcendental call
+    z *= np.float32(0.5)
+    np.tanh(z, out=z)
+
+
+def _np_gaussian(z):
+    np.square(z, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+
+
+def _np_linear(z):
+    np.clip(z, -3.0, 3.0, out=z)
+    z *= np.float32(1 / 3)
+
+
+_NP_ACTIVATIONS = (_np_sin, _np_sigmoid, _np_gaussian, _np_linear)
+
+
+def numpy_plan(genome) -> list:
+    """Topological order of the nodes the outputs depend on (depth-first, sources first)."""
+    _, sources, outputs = genome
+    order, seen = [], set(range(N_INPUTS))
+
+    def visit(node):
+        if node in seen:
+            return
+        seen.add(node)
+        for src, _ in sources[node]:
+            visit(src)
+        order.append(node)
+
+    for o in outputs:
+        visit(o)
+    return order
+
+
+def numpy_render(genome, inputs: list, order=None) -> np.ndarray:
+    """One genome over all pixels at once: (channels, pixels) float32. ``inputs``: the four
+    (pixels,) float32 coordinate arrays x, y, d, 1. Each node in topological order is
+    activation(Σ weight · source array), computed in place (one scratch array for the products)."""
+    acts, sources, outputs = genome
+    if order is None:
+        order = numpy_plan(genome)
+    values = dict(enumerate(inputs))
+    tmp = np.empty_like(inputs[0])
+    for node in order:
+        src = sources[node]
+        if src:
+            s, w = src[0]
+            acc = np.multiply(values[s], w)
+            for s, w in src[1:]:
+                np.multiply(values[s], w, out=tmp)
+                acc += tmp
+        else:
+            acc = np.zeros_like(tmp)
+        _NP_ACTIVATIONS[acts[node]](acc)
+        values[node] = acc
+    img = np.stack([values[o] for o in outputs])
+    np.abs(img, out=img)
+    return np.minimum(img, 1.0, out=img)
+
+
+def numpy_inputs(H: int, W: int) -> list:
+    return list(coordinates(H, W, dtype=torch.float32).numpy())
+
+
+def time_numpy(genomes: list, inputs: list, plans=None) -> tuple[float, list]:
+    """CPU seconds to render every genome one at a time (planning included unless ``plans``)."""
+    t = time.process_time()
+    if plans is None:
+        images = [numpy_render(g, inputs) for g in genomes]
+    else:
+        images = [numpy_render(g, inputs, o) for g, o in zip(genomes, plans)]
+    return time.process_time() - t, images
+
+
+# -- the pixel-math floor --------------------------------------------------------------------------
+
+class Floor:
+    """The per-pixel arithmetic these genomes need, as a few big batched ops on preallocated arrays.
+
+    Counted per genome from its plan (``numpy_plan``: the nodes its outputs depend on): T nodes to
+    compute, E_h connections from a hidden node, the activation of each node. For a block of
+    genomes (T_b nodes, E_b hidden connections in all, at most ``block_floats`` floats per buffer):
+
+    1. every node's input term (x, y, d, bias): one ``torch.mm`` (T_b, 4) @ (4, pixels) into a
+       preallocated (T_b, pixels) buffer whose rows are grouped by activation;
+    2. every hidden connection's term: one multiply-add per connection per pixel, a single
+       ``addcmul_`` on preallocated (E_b, pixels) arrays;
+    3. the activations: one in-place call per activation type on its contiguous block of rows (the
+       renderer's own in-place functions);
+    4. the outputs: ``abs_().clamp_(max=1)`` on their (genomes × channels, pixels) rows.
+
+    Nothing else: no planning, no gathering, no allocation. The nodes' dependencies are ignored
+    (ops 1–3 run once each over the whole block), so no renderer can do this arithmetic with
+    fewer or bigger ops. Real weights and coordinates are used, so the activations see values of
+    the genomes' own range."""
+
+    def __init__(self, genomes: list, plans: list, H: int, W: int, block_floats: int):
+        from course.evolution.cppn import _ACTIVATIONS_INPLACE
+        self.acts = _ACTIVATIONS_INPLACE
+        HW = H * W
+        self.inputs = coordinates(H, W, dtype=torch.float32)
+        self.blocks, i = [], 0
+        while i < len(genomes):
+            rows, hidden_w, n_out, j = [], [], 0, i
+            while j < len(genomes):
+                acts, sources, outputs = genomes[j]
+                new = [(acts[n], [float(w) if s < N_INPUTS else 0.0 for s, w in _dense(sources[n])])
+                       for n in plans[j]]
+                hw = [float(w) for n in plans[j] for s, w in sources[n] if s >= N_INPUTS]
+                if rows and max(len(rows) + len(new), len(hidden_w) + len(hw)) * HW > block_floats:
+                    break
+                rows += new
+                hidden_w += hw
+                n_out += len(outputs)
+                j += 1
+            rows.sort(key=lambda r: r[0])
+            counts = [sum(1 for a, _ in rows if a == k) for k in range(4)]
+            w_in = torch.tensor([r[1] for r in rows], dtype=torch.float32)
+            w_h = torch.tensor(hidden_w, dtype=torch.float32)[:, None]
+            self.blocks.append((w_in, w_h, counts, n_out))
+            i = j
+        n_rows = max(len(b[0]) for b in self.blocks)
+        n_hidden = max(len(b[1]) for b in self.blocks)
+        self.Y = torch.empty(n_rows, HW)
+        torch.mm(self.blocks[0][0], self.inputs, out=self.Y[:len(self.blocks[0][0])])
+        # Hidden sources: node values of the genomes' range (rows of Y, after activation).
+        self.S = self.Y[torch.arange(n_hidden) % max(1, len(self.blocks[0][0]))].clone()
+        self.acc = torch.zeros(n_hidden, HW)
+        self.run()
+        self.S.copy_(self.Y[torch.arange(n_hidden) % max(1, len(self.blocks[0][0]))])
+
+    def run(self) -> None:
+        for w_in, w_h, counts, n_out in self.blocks:
+            Y = self.Y[:len(w_in)]
+            torch.mm(w_in, self.inputs, out=Y)
+            if len(w_h):
+                self.acc[:len(w_h)].addcmul_(self.S[:len(w_h)], w_h)
+            start = 0
+            for a, c in enumerate(counts):
+                if c:
+                    self.acts[a](Y[start:start + c])
+                start += c
+            Y[:n_out].abs_().clamp_(max=1.0)
+
+    def seconds(self) -> float:
+        t = time.process_time()
+        self.run()
+        return time.process_time() - t
+
+
+def _dense(sources):
+    """(src, weight) for the four inputs, 0 where unconnected."""
+    w = dict(sources)
+    return [(s, w.get(s, 0.0)) for s in range(N_INPUTS)]
 
 
 def time_ours(enc: CPPNEncoding, pop: dict, hw) -> float:

@@ -71,9 +71,38 @@ def coordinates(height: int, width: int, dtype=torch.float32, device=None) -> to
 def node_depth(conn: torch.Tensor) -> torch.Tensor:
     """Longest-path depth of every node, (P, N) int64: inputs 0, any other node ≥ 1.
 
-    Relaxation over the whole population: ``depth[dst] = 1 + max(depth[src] for src → dst)``,
-    repeated until nothing changes (at most the longest path's length + 1 rounds).
+    ``depth[dst] = 1 + max(depth[src] for src → dst)`` (1 with no source), found level by level
+    (Kahn's algorithm for the whole population at once): level L holds the nodes whose sources
+    all lie in levels < L. Each node's sources are one int64 bit mask, so a level costs a few
+    ops on (P, N) whatever the number of connections. Graphs of more than 62 nodes fall back to
+    :func:`_node_depth_relaxation` (the same result).
     """
+    P, N, _ = conn.shape
+    if N > 62:
+        return _node_depth_relaxation(conn)
+    bits = 2 ** torch.arange(N, device=conn.device)
+    sources = _bit_masks(conn, bits)                                    # (P, N): bit src set for src → dst
+    is_input = torch.arange(N, device=conn.device) < N_INPUTS
+    done = torch.full((P, 1), int(bits[:N_INPUTS].sum()), dtype=torch.int64, device=conn.device)
+    depth = torch.zeros((P, N), dtype=torch.int64, device=conn.device)
+    waiting = (~is_input).expand(P, N)
+    for level in range(1, N + 1):
+        ready = waiting & ((sources & ~done) == 0)
+        depth.masked_fill_(ready, level)
+        waiting = waiting & ~ready
+        done = done | (ready.long() * bits).sum(dim=1, keepdim=True)    # disjoint bits: sum = or
+        if level % 4 == 0 and not bool(waiting.any()):
+            break
+    return depth
+
+
+def _bit_masks(conn: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """(P, N) int64: for each row node (dim 1), the bits of the column nodes it is connected to."""
+    return (conn.long() * bits).sum(dim=2)
+
+
+def _node_depth_relaxation(conn: torch.Tensor) -> torch.Tensor:
+    """:func:`node_depth` by relaxation on (P, N, N): repeated until nothing changes."""
     P, N, _ = conn.shape
     c = conn.to(torch.float32)
     is_input = torch.arange(N, device=conn.device) < N_INPUTS
@@ -90,6 +119,18 @@ def node_depth(conn: torch.Tensor) -> torch.Tensor:
 def feeds(conn: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(P, N) bool: the nodes that are ``targets`` (an (N,) mask) or have a path into one."""
     P, N, _ = conn.shape
+    if N <= 62:
+        # Bit masks: a node is needed when one of the nodes it feeds (its bit mask) is needed.
+        bits = 2 ** torch.arange(N, device=conn.device)
+        fed = _bit_masks(conn.transpose(1, 2), bits)                    # (P, N): bit dst set for src → dst
+        need = targets.expand(P, N)
+        for step in range(N):
+            needed = (need.long() * bits).sum(dim=1, keepdim=True)
+            new = need | ((fed & needed) != 0)
+            if step % 4 == 3 and torch.equal(new, need):
+                break
+            need = new
+        return need
     c = conn.to(torch.float32)
     need = targets.expand(P, N).float()
     for _ in range(N):
@@ -300,7 +341,8 @@ class CPPNEncoding:
         # First every node's input term, for all genomes at once: one matmul with the shared
         # (4, pixels) coordinates. Then, node by node, add the terms from earlier hidden nodes.
         HW = inputs.shape[1]
-        V = inputs.new_empty((n - N_INPUTS, P, HW))
+        V = _scratch("V", (n - N_INPUTS, P, HW), inputs)
+        X = _scratch("X", (P * HW,), inputs)
         for k in range(N_INPUTS, n):
             j, m = k - N_INPUTS, sum(counts[k])          # m: genomes that have a k-th node
             # Rows m and beyond (genomes too small to have node k) are never read: computed only
@@ -310,7 +352,7 @@ class CPPNEncoding:
             if j:
                 V[j, :m] += torch.bmm(ws[:m, k:k + 1, N_INPUTS:k], V[:j, :m].transpose(0, 1)).squeeze(1)
             rows = group[:m, k]
-            x = V[j, :m].index_select(0, rows)
+            x = torch.index_select(V[j, :m], 0, rows, out=X[:m * HW].view(m, HW))
             start = 0
             for a, c in enumerate(counts[k]):
                 if c:
@@ -328,6 +370,24 @@ class CPPNEncoding:
         """(hidden neurons, connections) per genome, two (P,) int tensors."""
         _, _, is_hidden = self._slot_masks(genomes["alive"].device)
         return (genomes["alive"] & is_hidden).sum(dim=1), genomes["conn"].sum(dim=(1, 2))
+
+
+# Scratch memory of the CPU renderer, kept between calls: fresh blocks of many megabytes come
+# from the kernel as new pages on every call (page faults and zeroing cost more than the pixel
+# math at 224×224). At most two blocks per dtype, each within ``max_floats``. On a GPU the
+# caching allocator already reuses memory.
+_SCRATCH: dict = {}
+
+
+def _scratch(name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` (like ``like``), from a reused block on the CPU."""
+    if like.device.type != "cpu":
+        return like.new_empty(shape)
+    numel, key = math.prod(shape), (name, like.dtype)
+    block = _SCRATCH.get(key)
+    if block is None or block.numel() < numel:
+        block = _SCRATCH[key] = like.new_empty(numel)
+    return block[:numel].view(shape)
 
 
 def _inverse(order: torch.Tensor, n: int) -> torch.Tensor:
