@@ -319,8 +319,8 @@ class CPPNEncoding:
         while i < P:
             n = sizes[i]
             chunk = by_size[i:i + max(1, self.max_floats // (n * H * W))]
-            o = self._render_chunk(weight[chunk] * conn[chunk], genomes["act"][chunk, :N], order[chunk, :n],
-                                   size[chunk], inputs)
+            o = self._render_chunk(weight.index_select(0, chunk) * conn.index_select(0, chunk),
+                                   genomes["act"][:, :N].index_select(0, chunk), order[chunk, :n], size[chunk], inputs)
             out.index_copy_(0, chunk, o.view(len(chunk), self.n_outputs, H, W))
             i += len(chunk)
         return out
@@ -342,7 +342,7 @@ class CPPNEncoding:
         # (4, pixels) coordinates. Then, node by node, add the terms from earlier hidden nodes.
         HW = inputs.shape[1]
         V = _scratch("V", (n - N_INPUTS, P, HW), inputs)
-        X = _scratch("X", (P * HW,), inputs)
+        X = _scratch("X", (P * self.n_outputs * HW,), inputs)              # x below, then the outputs
         for k in range(N_INPUTS, n):
             j, m = k - N_INPUTS, sum(counts[k])          # m: genomes that have a k-th node
             # Rows m and beyond (genomes too small to have node k) are never read: computed only
@@ -350,7 +350,9 @@ class CPPNEncoding:
             r = min(P, max(m, 4))
             torch.mm(ws[:r, k, :N_INPUTS], inputs, out=V[j, :r])
             if j:
-                V[j, :m] += torch.bmm(ws[:m, k:k + 1, N_INPUTS:k], V[:j, :m].transpose(0, 1)).squeeze(1)
+                hidden = torch.bmm(ws[:m, k:k + 1, N_INPUTS:k], V[:j, :m].transpose(0, 1),
+                                   out=X[:m * HW].view(m, 1, HW))
+                V[j, :m] += hidden.squeeze(1)
             rows = group[:m, k]
             x = torch.index_select(V[j, :m], 0, rows, out=X[:m * HW].view(m, HW))
             start = 0
@@ -361,8 +363,8 @@ class CPPNEncoding:
             V[j, :m].index_copy_(0, rows, x)
         # Where did each genome's output nodes land in its order?
         out_pos = _inverse(order, N)[:, N_INPUTS:N_INPUTS + self.n_outputs] - N_INPUTS
-        flat, genome = V.view(-1, HW), torch.arange(P, device=V.device)
-        o = torch.stack([flat.index_select(0, out_pos[:, c] * P + genome) for c in range(self.n_outputs)], dim=1)
+        rows = (out_pos * P + torch.arange(P, device=V.device)[:, None]).view(-1)   # genome-major, then channel
+        o = torch.index_select(V.view(-1, HW), 0, rows, out=X[:len(rows) * HW].view(len(rows), HW))
         return o.abs_().clamp_(max=1.0)
 
     # -- inspection --------------------------------------------------------------------------
