@@ -259,75 +259,124 @@ def _dense(sources):
     return [(s, w.get(s, 0.0)) for s in range(N_INPUTS)]
 
 
-def time_ours(enc: CPPNEncoding, pop: dict, hw) -> float:
-    """Wall time of rendering the whole population at ``hw``."""
-    t = time.perf_counter()
-    enc.render(pop, hw)
-    if pop["weight"].is_cuda:
+def _clock(cuda: bool) -> float:
+    """CPU seconds of this process (the machine may be shared); wall time when ours runs on a GPU."""
+    if cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+        return time.perf_counter()
+    return time.process_time()
+
+
+def time_ours(enc: CPPNEncoding, pop: dict, hw) -> float:
+    """Seconds to render the whole population at ``hw`` (planning included)."""
+    cuda = pop["weight"].is_cuda
+    t = _clock(cuda)
+    enc.render(pop, hw)
+    return _clock(cuda) - t
 
 
 def time_neat(pop: dict, indices, H: int, W: int, ours_img: torch.Tensor) -> tuple[float, float]:
-    """(seconds per genome, max |neat − ours|) over the genomes at ``indices``."""
+    """(CPU seconds per genome, max |neat − ours|) over the genomes at ``indices``."""
     err = 0.0
-    t = time.perf_counter()
+    t = time.process_time()
     for i in indices:
         img = neat_render({k: v[i] for k, v in pop.items()}, H, W)
         err = max(err, float((img - ours_img[i].double()).abs().max()))
-    return (time.perf_counter() - t) / max(1, len(indices)), err
+    return (time.process_time() - t) / max(1, len(indices)), err
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--genomes", type=int, default=1000)
+    ap.add_argument("--mutations", type=int, default=40, help="rounds of mutation from the random start")
     ap.add_argument("--neat-28", type=int, default=40, help="genomes neat renders at 28×28")
     ap.add_argument("--neat-224", type=int, default=3, help="genomes neat renders at 224×224")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (neat uses one)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (neat and numpy use one)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (medians reported)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (medians reported)")
+    ap.add_argument("--sizes", default="28,224", help="image sizes (square), comma-separated")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    enc, pop = make_genomes(args.genomes, args.seed, device=args.device)
+    enc, pop = make_genomes(args.genomes, args.seed, rounds=args.mutations, device=args.device)
     hidden, conns = enc.sizes(pop)
     cpu_pop = {k: v.cpu() for k, v in pop.items()}
+    genomes = [numpy_genome({k: v[i] for k, v in cpu_pop.items()}, enc.n_outputs) for i in range(args.genomes)]
+    plans = [numpy_plan(g) for g in genomes]
+    used_hidden = [len(p) - enc.n_outputs for p in plans]
+    # The float64 truth: our renderer in float64 equals the per-pixel reference to 1e-9 (tests).
+    enc64 = CPPNEncoding(shape=enc.image_shape, max_hidden=enc.max_hidden, dtype=torch.float64)
+    pop64 = {k: (v.double() if v.is_floating_point() else v) for k, v in cpu_pop.items()}
     subset = torch.randperm(args.genomes, generator=torch.Generator().manual_seed(args.seed))
-    out = {"benchmark": "cppn_render", "genomes": args.genomes, "device": args.device, "threads": args.threads,
-           "rounds": args.rounds,
+    out = {"benchmark": "cppn_render", "genomes": args.genomes, "mutations": args.mutations,
+           "device": args.device, "threads": args.threads, "rounds": args.rounds, "clock": "process CPU time",
            "mean_hidden": round(float(hidden.float().mean()), 2), "max_hidden": int(hidden.max()),
+           "mean_hidden_used": round(sum(used_hidden) / len(used_hidden), 2),
            "mean_connections": round(float(conns.float().mean()), 2)}
-    # Ours and neat alternate, round after round (the machine may be shared); we report medians
-    # and the median of the per-round speedups.
-    for H, n_neat in ((28, args.neat_28), (224, args.neat_224)):
+    for H in (int(h) for h in args.sizes.split(",")):
+        n_neat = args.neat_28 if H <= 28 else args.neat_224
         enc.render({k: v[:8] for k, v in pop.items()}, (H, H))  # warm-up
         ours_img = enc.render(pop, (H, H)).cpu()
+        truth = enc64.render(pop64, (H, H)).numpy()
+        inputs = numpy_inputs(H, H)
+        floors = [Floor(genomes, plans, H, H, b) for b in sorted({enc.max_floats, 1 << 20})]
         idx = subset[:n_neat].tolist()
-        ours_t, neat_t, err = [], [], 0.0
-        for _ in range(args.rounds):
+        ours_t, np_t, np_eval_t, floor_t, neat_t, neat_err = [], [], [], [], [], 0.0
+        for _ in range(args.rounds):        # all of them, round after round (the machine may be shared)
             ours_t.append(time_ours(enc, pop, (H, H)))
-            per, e = time_neat(cpu_pop, idx, H, H, ours_img)
-            neat_t.append(per)
-            err = max(err, e)
-        ours, neat_per = statistics.median(ours_t), statistics.median(neat_t)
-        speedup = statistics.median(n * args.genomes / o for n, o in zip(neat_t, ours_t))
-        out[f"{H}"] = {"ours_total_s": round(ours, 4), "ours_ms_per_genome": round(1e3 * ours / args.genomes, 4),
-                       "neat_genomes_timed": n_neat, "neat_ms_per_genome": round(1e3 * neat_per, 2),
-                       "neat_total_s_extrapolated": round(neat_per * args.genomes, 1),
-                       "speedup": round(speedup, 1), "max_abs_diff_vs_neat": err}
+            t, np_imgs = time_numpy(genomes, inputs)
+            np_t.append(t)
+            np_eval_t.append(time_numpy(genomes, inputs, plans)[0])
+            floor_t.append(min(f.seconds() for f in floors))
+            if n_neat:
+                per, e = time_neat(cpu_pop, idx, H, H, ours_img)
+                neat_t.append(per * args.genomes)
+                neat_err = max(neat_err, e)
+        np_img = np.stack(np_imgs).reshape(ours_img.shape)
+        ours_np = ours_img.numpy()
+
+        def ratio(xs, ys):
+            return round(statistics.median(x / y for x, y in zip(xs, ys)), 2)
+
+        r = {"ours_s": round(statistics.median(ours_t), 4),
+             "ours_ms_per_genome": round(1e3 * statistics.median(ours_t) / args.genomes, 4),
+             "numpy_s": round(statistics.median(np_t), 4), "numpy_eval_only_s": round(statistics.median(np_eval_t), 4),
+             "floor_s": round(statistics.median(floor_t), 4),
+             "speedup_vs_numpy": ratio(np_t, ours_t), "speedup_vs_numpy_eval_only": ratio(np_eval_t, ours_t),
+             "ours_over_floor": ratio(ours_t, floor_t), "numpy_over_floor": ratio(np_t, floor_t),
+             "numpy_allclose_ours": bool(np.allclose(np_img, ours_np, rtol=0, atol=1e-4)),
+             "max_abs_diff_numpy_vs_ours": float(np.abs(np_img - ours_np).max()),
+             "max_abs_err_ours_vs_float64": float(np.abs(ours_np - truth).max()),
+             "max_abs_err_numpy_vs_float64": float(np.abs(np_img - truth).max())}
+        if n_neat:
+            r.update({"neat_genomes_timed": n_neat,
+                      "neat_ms_per_genome": round(1e3 * statistics.median(neat_t) / args.genomes, 2),
+                      "neat_total_s_extrapolated": round(statistics.median(neat_t), 1),
+                      "speedup": round(ratio(neat_t, ours_t), 1), "max_abs_diff_vs_neat": neat_err})
+        out[f"{H}"] = r
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{args.genomes} CPPN genomes, mean {out['mean_hidden']} hidden neurons (max {out['max_hidden']}), "
-              f"{out['mean_connections']} connections; device {args.device}, {args.threads} thread(s)")
-        for H in (28, 224):
+        print(f"{args.genomes} CPPN genomes after {args.mutations} mutations: mean {out['mean_hidden']} hidden "
+              f"neurons (max {out['max_hidden']}), {out['mean_hidden_used']} of them feeding the output, "
+              f"{out['mean_connections']} connections; device {args.device}, {args.threads} thread(s); "
+              f"medians of {args.rounds} interleaved rounds, CPU time")
+        for H in (int(h) for h in args.sizes.split(",")):
             r = out[f"{H}"]
-            print(f"{H}×{H}: ours {r['ours_total_s']:.3f} s ({r['ours_ms_per_genome']:.3f} ms/genome); neat-python "
-                  f"{r['neat_ms_per_genome']:.1f} ms/genome over {r['neat_genomes_timed']} genomes "
-                  f"(→ {r['neat_total_s_extrapolated']:.0f} s for {args.genomes}); speedup {r['speedup']:.0f}×; "
-                  f"max |ours − neat| {r['max_abs_diff_vs_neat']:.1e}")
+            print(f"{H}×{H}: ours {r['ours_s']:.3f} s ({r['ours_ms_per_genome']:.3f} ms/genome); "
+                  f"numpy per genome {r['numpy_s']:.3f} s → {r['speedup_vs_numpy']:.2f}× "
+                  f"({r['speedup_vs_numpy_eval_only']:.2f}× with its plans precomputed); "
+                  f"pixel-math floor {r['floor_s']:.3f} s → ours/floor {r['ours_over_floor']:.2f}× "
+                  f"(numpy/floor {r['numpy_over_floor']:.2f}×)")
+            print(f"    numpy allclose ours (atol 1e-4): {r['numpy_allclose_ours']}, max |numpy − ours| "
+                  f"{r['max_abs_diff_numpy_vs_ours']:.1e}; max error vs float64: ours "
+                  f"{r['max_abs_err_ours_vs_float64']:.1e}, numpy {r['max_abs_err_numpy_vs_float64']:.1e}")
+            if "speedup" in r:
+                print(f"    neat-python per pixel {r['neat_ms_per_genome']:.1f} ms/genome over "
+                      f"{r['neat_genomes_timed']} genomes (→ {r['neat_total_s_extrapolated']:.0f} s for "
+                      f"{args.genomes}) → {r['speedup']:.0f}×; max |ours − neat| {r['max_abs_diff_vs_neat']:.1e}")
     return out
 
 
