@@ -68,20 +68,21 @@ def coordinates(height: int, width: int, dtype=torch.float32, device=None) -> to
     return torch.stack([x, y, torch.sqrt(x * x + y * y), torch.ones_like(x)])
 
 
-def node_depth(conn: torch.Tensor) -> torch.Tensor:
+def node_depth(conn: torch.Tensor, sources: torch.Tensor | None = None) -> torch.Tensor:
     """Longest-path depth of every node, (P, N) int64: inputs 0, any other node ≥ 1.
 
     ``depth[dst] = 1 + max(depth[src] for src → dst)`` (1 with no source), found level by level
     (Kahn's algorithm for the whole population at once): level L holds the nodes whose sources
     all lie in levels < L. Each node's sources are one int64 bit mask, so a level costs a few
-    ops on (P, N) whatever the number of connections. Graphs of more than 62 nodes fall back to
-    :func:`_node_depth_relaxation` (the same result).
+    ops on (P, N) whatever the number of connections. Graphs of more than 53 nodes fall back to
+    :func:`_node_depth_relaxation` (the same result). ``sources``: :func:`_bit_masks`' first mask.
     """
     P, N, _ = conn.shape
-    if N > 62:
+    if N > _MAX_BITS:
         return _node_depth_relaxation(conn)
     bits = 2 ** torch.arange(N, device=conn.device)
-    sources = _bit_masks(conn, bits)                                    # (P, N): bit src set for src → dst
+    if sources is None:
+        sources = _bit_masks(conn)[0]                                   # (P, N): bit src set for src → dst
     is_input = torch.arange(N, device=conn.device) < N_INPUTS
     done = torch.full((P, 1), int(bits[:N_INPUTS].sum()), dtype=torch.int64, device=conn.device)
     depth = torch.zeros((P, N), dtype=torch.int64, device=conn.device)
@@ -96,9 +97,16 @@ def node_depth(conn: torch.Tensor) -> torch.Tensor:
     return depth
 
 
-def _bit_masks(conn: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    """(P, N) int64: for each row node (dim 1), the bits of the column nodes it is connected to."""
-    return (conn.long() * bits).sum(dim=2)
+_MAX_BITS = 53  # node bit masks are summed in float64: exact up to 2^53
+
+
+def _bit_masks(conn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (P, N) int64 bit masks of the connections ``conn[p, dst, src]`` (N ≤ 53 nodes): each
+    node's sources (bit src of row dst) and the nodes each node feeds (bit dst of row src).
+    Two batched products with the powers of two, exact in float64."""
+    c = conn.to(torch.float64)
+    bits = 2.0 ** torch.arange(conn.shape[-1], device=conn.device, dtype=torch.float64)
+    return (c @ bits).long(), (bits @ c).long()
 
 
 def _node_depth_relaxation(conn: torch.Tensor) -> torch.Tensor:
@@ -116,13 +124,15 @@ def _node_depth_relaxation(conn: torch.Tensor) -> torch.Tensor:
     return depth.long()
 
 
-def feeds(conn: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(P, N) bool: the nodes that are ``targets`` (an (N,) mask) or have a path into one."""
+def feeds(conn: torch.Tensor, targets: torch.Tensor, fed: torch.Tensor | None = None) -> torch.Tensor:
+    """(P, N) bool: the nodes that are ``targets`` (an (N,) mask) or have a path into one.
+    ``fed``: :func:`_bit_masks`' second mask, if already computed."""
     P, N, _ = conn.shape
-    if N <= 62:
+    if N <= _MAX_BITS:
         # Bit masks: a node is needed when one of the nodes it feeds (its bit mask) is needed.
         bits = 2 ** torch.arange(N, device=conn.device)
-        fed = _bit_masks(conn.transpose(1, 2), bits)                    # (P, N): bit dst set for src → dst
+        if fed is None:
+            fed = _bit_masks(conn)[1]                                   # (P, N): bit dst set for src → dst
         need = targets.expand(P, N)
         for step in range(N):
             needed = (need.long() * bits).sum(dim=1, keepdim=True)
@@ -309,8 +319,9 @@ class CPPNEncoding:
         conn, alive, weight = genomes["conn"][:, :N, :N], genomes["alive"][:, :N], genomes["weight"][:, :N, :N]
         inputs = coordinates(H, W, dtype=weight.dtype, device=weight.device)
         is_input, is_output, _ = (m[:N] for m in self._slot_masks(alive.device))
-        used = alive & (feeds(conn, is_output) | is_input)
-        key = torch.where(used, node_depth(conn), N + 1)
+        sources, fed = _bit_masks(conn) if N <= _MAX_BITS else (None, None)
+        used = alive & (feeds(conn, is_output, fed) | is_input)
+        key = torch.where(used, node_depth(conn, sources), N + 1)
         order = torch.sort(key, dim=1, stable=True).indices       # inputs stay in slots 0..3
         size = used.sum(dim=1)
         by_size = torch.sort(size, descending=True, stable=True).indices
