@@ -326,26 +326,31 @@ class CPPNEncoding:
         size = used.sum(dim=1)
         by_size = torch.sort(size, descending=True, stable=True).indices
         sizes = size[by_size].tolist()
+        weight_all, conn_all, act_all = (genomes[k].contiguous() for k in ("weight", "conn", "act"))
+        Nf = weight_all.shape[1]
         i = 0
         while i < P:
             n = sizes[i]
             chunk = by_size[i:i + max(1, self.max_floats // (n * H * W))]
-            o = self._render_chunk(weight.index_select(0, chunk) * conn.index_select(0, chunk),
-                                   genomes["act"][:, :N].index_select(0, chunk), order[chunk, :n], size[chunk], inputs)
+            # The chunk's weights and activations, rows and columns in each genome's order.
+            oc = order[chunk, :n]
+            at = (chunk * Nf)[:, None] + oc                                   # (genome, node) in act
+            at_w = (at * Nf)[:, :, None] + oc[:, None, :]                     # (genome, dst, src) in weight
+            o = self._render_chunk(weight_all.take(at_w) * conn_all.take(at_w), act_all.take(at),
+                                   oc, size[chunk], inputs, N)
             out.index_copy_(0, chunk, o.view(len(chunk), self.n_outputs, H, W))
             i += len(chunk)
         return out
 
-    def _render_chunk(self, w, act, order, size, inputs) -> torch.Tensor:
-        """Genomes sorted by ``size`` (descending); ``order`` (P, n) their nodes in topological order."""
+    def _render_chunk(self, ws, act, order, size, inputs, N) -> torch.Tensor:
+        """Genomes sorted by ``size`` (descending); ``order`` (P, n) their nodes in topological order
+        (of their N slots), ``ws`` (P, n, n) and ``act`` (P, n) the weights and activations in it."""
         P, n = order.shape
-        N = w.shape[1]
-        ws = w.gather(1, order[:, :, None].expand(P, n, N)).gather(2, order[:, None, :].expand(P, n, n))
         # Step k computes node k of the genomes that have one: a prefix of the batch. Within the
         # step, rows are grouped by activation (``group``, ``counts``) so each function runs once on
         # a contiguous block. Planned for all steps at once, so there is one host sync per chunk.
         has = torch.arange(n, device=size.device)[None, :] < size[:, None]      # (P, n)
-        acts = torch.where(has, act.gather(1, order), len(ACTIVATIONS))         # sentinel sorts last
+        acts = torch.where(has, act, len(ACTIVATIONS))                          # sentinel sorts last
         group = torch.sort(acts, dim=0, stable=True).indices                   # (P, n)
         counts = (acts[:, :, None] == torch.arange(len(ACTIVATIONS), device=acts.device)).sum(dim=0).tolist()
         # Node values, node-major: V[j, p] is node 4 + j of genome p (inputs are not stored).
