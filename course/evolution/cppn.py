@@ -74,11 +74,12 @@ def node_depth(conn: torch.Tensor, sources: torch.Tensor | None = None) -> torch
     ``depth[dst] = 1 + max(depth[src] for src → dst)`` (1 with no source), found level by level
     (Kahn's algorithm for the whole population at once): level L holds the nodes whose sources
     all lie in levels < L. Each node's sources are one int64 bit mask, so a level costs a few
-    ops on (P, N) whatever the number of connections. Graphs of more than 53 nodes fall back to
+    ops on (P, N) whatever the number of connections. Graphs of more than 53 nodes (and MPS,
+    which has no float64) fall back to
     :func:`_node_depth_relaxation` (the same result). ``sources``: :func:`_bit_masks`' first mask.
     """
     P, N, _ = conn.shape
-    if N > _MAX_BITS:
+    if not _bits_ok(conn):
         return _node_depth_relaxation(conn)
     bits = 2 ** torch.arange(N, device=conn.device)
     if sources is None:
@@ -98,6 +99,11 @@ def node_depth(conn: torch.Tensor, sources: torch.Tensor | None = None) -> torch
 
 
 _MAX_BITS = 53  # node bit masks are summed in float64: exact up to 2^53
+
+
+def _bits_ok(conn: torch.Tensor) -> bool:
+    """Whether the bit-mask planning applies: at most 53 nodes, and float64 (MPS has none)."""
+    return conn.shape[-1] <= _MAX_BITS and conn.device.type != "mps"
 
 
 def _bit_masks(conn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +134,7 @@ def feeds(conn: torch.Tensor, targets: torch.Tensor, fed: torch.Tensor | None = 
     """(P, N) bool: the nodes that are ``targets`` (an (N,) mask) or have a path into one.
     ``fed``: :func:`_bit_masks`' second mask, if already computed."""
     P, N, _ = conn.shape
-    if N <= _MAX_BITS:
+    if _bits_ok(conn):
         # Bit masks: a node is needed when one of the nodes it feeds (its bit mask) is needed.
         bits = 2 ** torch.arange(N, device=conn.device)
         if fed is None:
@@ -319,7 +325,7 @@ class CPPNEncoding:
         conn, alive, weight = genomes["conn"][:, :N, :N], genomes["alive"][:, :N], genomes["weight"][:, :N, :N]
         inputs = coordinates(H, W, dtype=weight.dtype, device=weight.device)
         is_input, is_output, _ = (m[:N] for m in self._slot_masks(alive.device))
-        sources, fed = _bit_masks(conn) if N <= _MAX_BITS else (None, None)
+        sources, fed = _bit_masks(conn) if _bits_ok(conn) else (None, None)
         used = alive & (feeds(conn, is_output, fed) | is_input)
         key = torch.where(used, node_depth(conn, sources), N + 1)
         order = torch.sort(key, dim=1, stable=True).indices       # inputs stay in slots 0..3
