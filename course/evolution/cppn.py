@@ -332,7 +332,7 @@ class CPPNEncoding:
         size = used.sum(dim=1)
         by_size = torch.sort(size, descending=True, stable=True).indices
         sizes = size[by_size].tolist()
-        weight_all, conn_all, act_all = (genomes[k].contiguous() for k in ("weight", "conn", "act"))
+        weight_all, act_all = genomes["weight"].contiguous(), genomes["act"].contiguous()
         Nf = weight_all.shape[1]
         i = 0
         while i < P:
@@ -342,8 +342,9 @@ class CPPNEncoding:
             oc = order[chunk, :n]
             at = (chunk * Nf)[:, None] + oc                                   # (genome, node) in act
             at_w = (at * Nf)[:, :, None] + oc[:, None, :]                     # (genome, dst, src) in weight
-            o = self._render_chunk(weight_all.take(at_w) * conn_all.take(at_w), act_all.take(at),
-                                   oc, size[chunk], inputs, N)
+            # (``weight`` is zero wherever there is no connection: every operator keeps it so.)
+            ws = weight_all.view(-1).index_select(0, at_w.view(-1)).view(at_w.shape)
+            o = self._render_chunk(ws, act_all.take(at), oc, size[chunk], inputs, N)
             out.index_copy_(0, chunk, o.view(len(chunk), self.n_outputs, H, W))
             i += len(chunk)
         return out
