@@ -27,7 +27,8 @@ the per-round ratios.
   activation once, in place, on its contiguous block of rows (the renderer's own functions);
   (4) ``abs_().clamp_(max=1)`` on the output rows. Dependencies between nodes are ignored, so no
   renderer can do this arithmetic in fewer or bigger ops. Blocks hold at most ``max_floats`` (2^24,
-  the renderer's own budget) or 2^20 floats per array; the faster of the two is the floor.
+  the renderer's own budget), 2^20 or 2^18 (1 MiB: a genome or two at 224×224, in the L2 cache)
+  floats per array; the fastest of the three is the floor.
   Writing the returned images into fresh memory is not in it.
 
 Quality: our images against numpy's (``np.allclose``, atol 1e-3) and against neat's (max abs
@@ -349,7 +350,7 @@ def main(argv=None):
         ours_img = enc.render(pop, (H, H)).cpu()
         truth = enc64.render(pop64, (H, H)).numpy()
         inputs = numpy_inputs(H, H)
-        floors = [Floor(genomes, plans, H, H, b) for b in sorted({enc.max_floats, 1 << 20})]
+        floors = [Floor(genomes, plans, H, H, b) for b in sorted({enc.max_floats, 1 << 20, 1 << 18})]
         idx = subset[:n_neat].tolist()
         ours_t, np_t, np_eval_t, floor_t, neat_t, neat_err = [], [], [], [], [], 0.0
         for _ in range(args.rounds):        # all of them, round after round (the machine may be shared)

@@ -366,6 +366,7 @@ class CPPNEncoding:
         HW = inputs.shape[1]
         V = _scratch("V", (n - N_INPUTS, P, HW), inputs)
         X = _scratch("X", (P * self.n_outputs * HW,), inputs)              # x below, then the outputs
+        runs = _activation_runs(acts, has, HW) if inputs.device.type == "cpu" else None
         for k in range(N_INPUTS, n):
             j, m = k - N_INPUTS, sum(counts[k])          # m: genomes that have a k-th node
             # Rows m and beyond (genomes too small to have node k) are never read: computed only
@@ -376,6 +377,12 @@ class CPPNEncoding:
                 hidden = torch.bmm(ws[:m, k:k + 1, N_INPUTS:k], V[:j, :m].transpose(0, 1),
                                    out=X[:m * HW].view(m, 1, HW))
                 V[j, :m] += hidden.squeeze(1)
+            if runs is not None and runs[k]:
+                # Few long runs of one activation among the rows: apply it where they lie.
+                ends = [p for p, _ in runs[k][1:]] + [m]
+                for (start, a), end in zip(runs[k], ends):
+                    _ACTIVATIONS_INPLACE[a](V[j, start:end])
+                continue
             rows = group[:m, k]
             x = torch.index_select(V[j, :m], 0, rows, out=X[:m * HW].view(m, HW))
             start = 0
@@ -395,6 +402,30 @@ class CPPNEncoding:
         """(hidden neurons, connections) per genome, two (P,) int tensors."""
         _, _, is_hidden = self._slot_masks(genomes["alive"].device)
         return (genomes["alive"] & is_hidden).sum(dim=1), genomes["conn"].sum(dim=(1, 2))
+
+
+# Applying an activation to each run of rows that share it, instead of gathering the rows into
+# one block per activation and scattering them back, costs a call per run instead of two copies.
+# It is worth it when a run's copy costs more than a call: about 10,000 floats. And it gives the
+# same bits only when no element falls in the scalar tail of a vectorised loop (two SIMD vectors,
+# at most 32 floats): so only for images whose pixel count is a multiple of 64.
+_FLOATS_PER_CALL = 10_000
+
+
+def _activation_runs(acts: torch.Tensor, has: torch.Tensor, HW: int):
+    """For each step k, [(first row, activation), ...] of the runs of equal activations among the
+    rows that have node k, or [] where gathering is cheaper; None when HW is not a multiple of 64."""
+    if HW % 64:
+        return None
+    starts = has.clone()
+    starts[1:] &= acts[1:] != acts[:-1]                                      # (P, n): a run starts here
+    n_runs, m = starts.sum(dim=0).tolist(), has.sum(dim=0).tolist()
+    step, row = starts.T.nonzero(as_tuple=True)
+    runs = [[] for _ in m]
+    for k, p, a in zip(step.tolist(), row.tolist(), acts[row, step].tolist()):
+        if n_runs[k] * _FLOATS_PER_CALL < m[k] * HW:
+            runs[k].append((p, a))
+    return runs
 
 
 # Scratch memory of the CPU renderer, kept between calls: fresh blocks of many megabytes come
