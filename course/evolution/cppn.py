@@ -38,8 +38,13 @@ on, sort each genome's nodes by depth (longest path from an input: a topological
 the genomes by size, largest first. The inputs' contribution to every node of every genome is one
 matmul with the shared (4, pixels) coordinates. Then step k adds, for node k of every genome that
 has one (a prefix of the sorted batch), the terms from its earlier hidden nodes — one batched
-matmul ``(m, 1, k) @ (m, k, pixels)`` — and applies the activations, one call per activation type.
-So a population costs a dozen small steps whatever its size, and padding costs nothing.
+matmul ``(m, 1, k) @ (m, k, pixels)`` — and applies the activations, one call per activation type
+(or, at pixel counts that are multiples of 64, one call per run of rows that share one).
+So a population costs a dozen small steps whatever its size, and padding costs nothing. The plan
+works on int64 bit masks of each node's sources (a few (P, N) ops per depth level), and on the
+CPU the node values live in a scratch block reused from call to call (fresh pages cost more
+than the arithmetic). ``benchmarks/bench_cppn.py`` measures it against the same genomes drawn one
+at a time with numpy and against the pixel-math floor.
 :func:`render_reference` is the slow per-pixel evaluator the tests compare it with.
 """
 from __future__ import annotations
