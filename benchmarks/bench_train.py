@@ -55,10 +55,37 @@ def plain_loop(model, images, labels, *, epochs: int, batch_size: int, seed: int
     model.eval()
 
 
-def cpu_seconds(f) -> float:
-    t = time.process_time()
-    f()
-    return time.process_time() - t
+def measure(name: str, train: MNIST, test: MNIST, args) -> dict:
+    """The three loops on model ``name``, interleaved over ``args.rounds`` rounds."""
+    torch.manual_seed(args.seed)
+    initial = build_model(name)
+    initial.train()
+    lam = initial.config.get("weight_decay", 0.0)
+    kw = {"batch_size": args.batch_size, "seed": args.seed}
+    loops = {"fit": lambda m: fit(m, train, epochs=args.epochs, progress=False, **kw),
+             "fit_with_test": lambda m: fit(m, train, epochs=args.epochs, test=test, progress=False, **kw),
+             "plain": lambda m: plain_loop(m, train.images, train.labels, epochs=args.epochs, lam=lam, **kw)}
+    # Warm-up, untimed (first calls pay for lazy initialisation): each loop on 512 images.
+    few = MNIST(train.images[:512], train.labels[:512], train.source, "train/warm-up")
+    fit(copy.deepcopy(initial), few, epochs=1, test=test, progress=False)
+    plain_loop(copy.deepcopy(initial), few.images, few.labels, epochs=1, batch_size=args.batch_size, seed=0, lam=lam)
+    runs, final = {k: [] for k in loops}, {}
+    for _ in range(args.rounds):
+        for key, loop in loops.items():
+            model = copy.deepcopy(initial)
+            t = time.process_time()
+            loop(model)
+            runs[key].append(time.process_time() - t)
+            final[key] = model
+    diff = max(float((a - b).abs().max()) for a, b in
+               zip(final["fit"].state_dict().values(), final["plain"].state_dict().values()))
+
+    def ratio(a, b):
+        return round(statistics.median(x / y for x, y in zip(runs[a], runs[b])), 3)
+
+    return {**{f"{k}_s": round(statistics.median(v), 3) for k, v in runs.items()},
+            "fit_over_plain": ratio("fit", "plain"), "fit_with_test_over_plain": ratio("fit_with_test", "plain"),
+            "max_abs_weight_diff_fit_vs_plain": diff}
 
 
 def main(argv=None):
@@ -80,44 +107,7 @@ def main(argv=None):
            "epochs": args.epochs, "batch_size": args.batch_size, "rounds": args.rounds, "threads": args.threads,
            "clock": "process CPU time"}
     for name in args.models.split(","):
-        torch.manual_seed(args.seed)
-        initial = build_model(name)
-        initial.train()
-        lam = initial.config.get("weight_decay", 0.0)
-        runs = {"fit": [], "fit_with_test": [], "plain": []}
-        final = {}
-
-        def fresh():
-            return copy.deepcopy(initial)
-
-        # Warm-up, untimed (first calls pay for lazy initialisation): each loop on 512 images.
-        few = MNIST(train.images[:512], train.labels[:512], train.source, "train/warm-up")
-        fit(fresh(), few, epochs=1, test=test, progress=False)
-        plain_loop(fresh(), few.images, few.labels, epochs=1, batch_size=args.batch_size, seed=0, lam=lam)
-        for _ in range(args.rounds):
-            m = fresh()
-            runs["fit"].append(cpu_seconds(lambda: fit(m, train, epochs=args.epochs, batch_size=args.batch_size,
-                                                       seed=args.seed, progress=False)))
-            final["fit"] = m
-            m = fresh()
-            runs["fit_with_test"].append(cpu_seconds(lambda: fit(m, train, epochs=args.epochs, test=test,
-                                                                 batch_size=args.batch_size, seed=args.seed,
-                                                                 progress=False)))
-            m = fresh()
-            runs["plain"].append(cpu_seconds(lambda: plain_loop(m, train.images, train.labels, epochs=args.epochs,
-                                                                batch_size=args.batch_size, seed=args.seed,
-                                                                lam=lam)))
-            final["plain"] = m
-        diff = max(float((a - b).abs().max()) for a, b in
-                   zip(final["fit"].state_dict().values(), final["plain"].state_dict().values()))
-
-        def ratio(a, b):
-            return round(statistics.median(x / y for x, y in zip(runs[a], runs[b])), 3)
-
-        out[name] = {**{f"{k}_s": round(statistics.median(v), 3) for k, v in runs.items()},
-                     "fit_over_plain": ratio("fit", "plain"),
-                     "fit_with_test_over_plain": ratio("fit_with_test", "plain"),
-                     "max_abs_weight_diff_fit_vs_plain": diff}
+        out[name] = measure(name, train, test, args)
     if args.json:
         print(json.dumps(out))
     else:
