@@ -38,8 +38,13 @@ on, sort each genome's nodes by depth (longest path from an input: a topological
 the genomes by size, largest first. The inputs' contribution to every node of every genome is one
 matmul with the shared (4, pixels) coordinates. Then step k adds, for node k of every genome that
 has one (a prefix of the sorted batch), the terms from its earlier hidden nodes — one batched
-matmul ``(m, 1, k) @ (m, k, pixels)`` — and applies the activations, one call per activation type.
-So a population costs a dozen small steps whatever its size, and padding costs nothing.
+matmul ``(m, 1, k) @ (m, k, pixels)`` — and applies the activations, one call per activation type
+(or, at pixel counts that are multiples of 64, one call per run of rows that share one).
+So a population costs a dozen small steps whatever its size, and padding costs nothing. The plan
+works on int64 bit masks of each node's sources (a few (P, N) ops per depth level), and on the
+CPU the node values live in a scratch block reused from call to call (fresh pages cost more
+than the arithmetic). ``benchmarks/bench_cppn.py`` measures it against the same genomes drawn one
+at a time with numpy and against the pixel-math floor.
 :func:`render_reference` is the slow per-pixel evaluator the tests compare it with.
 """
 from __future__ import annotations
@@ -68,12 +73,55 @@ def coordinates(height: int, width: int, dtype=torch.float32, device=None) -> to
     return torch.stack([x, y, torch.sqrt(x * x + y * y), torch.ones_like(x)])
 
 
-def node_depth(conn: torch.Tensor) -> torch.Tensor:
+def node_depth(conn: torch.Tensor, sources: torch.Tensor | None = None) -> torch.Tensor:
     """Longest-path depth of every node, (P, N) int64: inputs 0, any other node ≥ 1.
 
-    Relaxation over the whole population: ``depth[dst] = 1 + max(depth[src] for src → dst)``,
-    repeated until nothing changes (at most the longest path's length + 1 rounds).
+    ``depth[dst] = 1 + max(depth[src] for src → dst)`` (1 with no source), found level by level
+    (Kahn's algorithm for the whole population at once): level L holds the nodes whose sources
+    all lie in levels < L. Each node's sources are one int64 bit mask, so a level costs a few
+    ops on (P, N) whatever the number of connections. Graphs of more than 53 nodes (and MPS,
+    which has no float64) fall back to
+    :func:`_node_depth_relaxation` (the same result). ``sources``: :func:`_bit_masks`' first mask.
     """
+    P, N, _ = conn.shape
+    if not _bits_ok(conn):
+        return _node_depth_relaxation(conn)
+    bits = 2 ** torch.arange(N, device=conn.device)
+    if sources is None:
+        sources = _bit_masks(conn)[0]                                   # (P, N): bit src set for src → dst
+    is_input = torch.arange(N, device=conn.device) < N_INPUTS
+    done = torch.full((P, 1), int(bits[:N_INPUTS].sum()), dtype=torch.int64, device=conn.device)
+    depth = torch.zeros((P, N), dtype=torch.int64, device=conn.device)
+    waiting = (~is_input).expand(P, N)
+    for level in range(1, N + 1):
+        ready = waiting & ((sources & ~done) == 0)
+        depth.masked_fill_(ready, level)
+        waiting = waiting & ~ready
+        done = done | (ready.long() * bits).sum(dim=1, keepdim=True)    # disjoint bits: sum = or
+        if level % 4 == 0 and not bool(waiting.any()):
+            break
+    return depth
+
+
+_MAX_BITS = 53  # node bit masks are summed in float64: exact up to 2^53
+
+
+def _bits_ok(conn: torch.Tensor) -> bool:
+    """Whether the bit-mask planning applies: at most 53 nodes, and float64 (MPS has none)."""
+    return conn.shape[-1] <= _MAX_BITS and conn.device.type != "mps"
+
+
+def _bit_masks(conn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (P, N) int64 bit masks of the connections ``conn[p, dst, src]`` (N ≤ 53 nodes): each
+    node's sources (bit src of row dst) and the nodes each node feeds (bit dst of row src).
+    Two batched products with the powers of two, exact in float64."""
+    c = conn.to(torch.float64)
+    bits = 2.0 ** torch.arange(conn.shape[-1], device=conn.device, dtype=torch.float64)
+    return (c @ bits).long(), (bits @ c).long()
+
+
+def _node_depth_relaxation(conn: torch.Tensor) -> torch.Tensor:
+    """:func:`node_depth` by relaxation on (P, N, N): repeated until nothing changes."""
     P, N, _ = conn.shape
     c = conn.to(torch.float32)
     is_input = torch.arange(N, device=conn.device) < N_INPUTS
@@ -87,9 +135,23 @@ def node_depth(conn: torch.Tensor) -> torch.Tensor:
     return depth.long()
 
 
-def feeds(conn: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(P, N) bool: the nodes that are ``targets`` (an (N,) mask) or have a path into one."""
+def feeds(conn: torch.Tensor, targets: torch.Tensor, fed: torch.Tensor | None = None) -> torch.Tensor:
+    """(P, N) bool: the nodes that are ``targets`` (an (N,) mask) or have a path into one.
+    ``fed``: :func:`_bit_masks`' second mask, if already computed."""
     P, N, _ = conn.shape
+    if _bits_ok(conn):
+        # Bit masks: a node is needed when one of the nodes it feeds (its bit mask) is needed.
+        bits = 2 ** torch.arange(N, device=conn.device)
+        if fed is None:
+            fed = _bit_masks(conn)[1]                                   # (P, N): bit dst set for src → dst
+        need = targets.expand(P, N)
+        for step in range(N):
+            needed = (need.long() * bits).sum(dim=1, keepdim=True)
+            new = need | ((fed & needed) != 0)
+            if step % 4 == 3 and torch.equal(new, need):
+                break
+            need = new
+        return need
     c = conn.to(torch.float32)
     need = targets.expand(P, N).float()
     for _ in range(N):
@@ -268,39 +330,48 @@ class CPPNEncoding:
         conn, alive, weight = genomes["conn"][:, :N, :N], genomes["alive"][:, :N], genomes["weight"][:, :N, :N]
         inputs = coordinates(H, W, dtype=weight.dtype, device=weight.device)
         is_input, is_output, _ = (m[:N] for m in self._slot_masks(alive.device))
-        used = alive & (feeds(conn, is_output) | is_input)
-        key = torch.where(used, node_depth(conn), N + 1)
+        sources, fed = _bit_masks(conn) if _bits_ok(conn) else (None, None)
+        used = alive & (feeds(conn, is_output, fed) | is_input)
+        key = torch.where(used, node_depth(conn, sources), N + 1)
         order = torch.sort(key, dim=1, stable=True).indices       # inputs stay in slots 0..3
         size = used.sum(dim=1)
         by_size = torch.sort(size, descending=True, stable=True).indices
         sizes = size[by_size].tolist()
+        weight_all, act_all = genomes["weight"].contiguous(), genomes["act"].contiguous()
+        Nf = weight_all.shape[1]
         i = 0
         while i < P:
             n = sizes[i]
             chunk = by_size[i:i + max(1, self.max_floats // (n * H * W))]
-            o = self._render_chunk(weight[chunk] * conn[chunk], genomes["act"][chunk, :N], order[chunk, :n],
-                                   size[chunk], inputs)
+            # The chunk's weights and activations, rows and columns in each genome's order.
+            oc = order[chunk, :n]
+            at = (chunk * Nf)[:, None] + oc                                   # (genome, node) in act
+            at_w = (at * Nf)[:, :, None] + oc[:, None, :]                     # (genome, dst, src) in weight
+            # (``weight`` is zero wherever there is no connection: every operator keeps it so.)
+            ws = weight_all.view(-1).index_select(0, at_w.view(-1)).view(at_w.shape)
+            o = self._render_chunk(ws, act_all.take(at), oc, size[chunk], inputs, N)
             out.index_copy_(0, chunk, o.view(len(chunk), self.n_outputs, H, W))
             i += len(chunk)
         return out
 
-    def _render_chunk(self, w, act, order, size, inputs) -> torch.Tensor:
-        """Genomes sorted by ``size`` (descending); ``order`` (P, n) their nodes in topological order."""
+    def _render_chunk(self, ws, act, order, size, inputs, N) -> torch.Tensor:
+        """Genomes sorted by ``size`` (descending); ``order`` (P, n) their nodes in topological order
+        (of their N slots), ``ws`` (P, n, n) and ``act`` (P, n) the weights and activations in it."""
         P, n = order.shape
-        N = w.shape[1]
-        ws = w.gather(1, order[:, :, None].expand(P, n, N)).gather(2, order[:, None, :].expand(P, n, n))
         # Step k computes node k of the genomes that have one: a prefix of the batch. Within the
         # step, rows are grouped by activation (``group``, ``counts``) so each function runs once on
         # a contiguous block. Planned for all steps at once, so there is one host sync per chunk.
         has = torch.arange(n, device=size.device)[None, :] < size[:, None]      # (P, n)
-        acts = torch.where(has, act.gather(1, order), len(ACTIVATIONS))         # sentinel sorts last
+        acts = torch.where(has, act, len(ACTIVATIONS))                          # sentinel sorts last
         group = torch.sort(acts, dim=0, stable=True).indices                   # (P, n)
         counts = (acts[:, :, None] == torch.arange(len(ACTIVATIONS), device=acts.device)).sum(dim=0).tolist()
         # Node values, node-major: V[j, p] is node 4 + j of genome p (inputs are not stored).
         # First every node's input term, for all genomes at once: one matmul with the shared
         # (4, pixels) coordinates. Then, node by node, add the terms from earlier hidden nodes.
         HW = inputs.shape[1]
-        V = inputs.new_empty((n - N_INPUTS, P, HW))
+        V = _scratch("V", (n - N_INPUTS, P, HW), inputs)
+        X = _scratch("X", (P * self.n_outputs * HW,), inputs)              # x below, then the outputs
+        runs = _activation_runs(acts, has, HW) if inputs.device.type == "cpu" else None
         for k in range(N_INPUTS, n):
             j, m = k - N_INPUTS, sum(counts[k])          # m: genomes that have a k-th node
             # Rows m and beyond (genomes too small to have node k) are never read: computed only
@@ -308,9 +379,17 @@ class CPPNEncoding:
             r = min(P, max(m, 4))
             torch.mm(ws[:r, k, :N_INPUTS], inputs, out=V[j, :r])
             if j:
-                V[j, :m] += torch.bmm(ws[:m, k:k + 1, N_INPUTS:k], V[:j, :m].transpose(0, 1)).squeeze(1)
+                hidden = torch.bmm(ws[:m, k:k + 1, N_INPUTS:k], V[:j, :m].transpose(0, 1),
+                                   out=X[:m * HW].view(m, 1, HW))
+                V[j, :m] += hidden.squeeze(1)
+            if runs is not None and runs[k]:
+                # Few long runs of one activation among the rows: apply it where they lie.
+                ends = [p for p, _ in runs[k][1:]] + [m]
+                for (start, a), end in zip(runs[k], ends):
+                    _ACTIVATIONS_INPLACE[a](V[j, start:end])
+                continue
             rows = group[:m, k]
-            x = V[j, :m].index_select(0, rows)
+            x = torch.index_select(V[j, :m], 0, rows, out=X[:m * HW].view(m, HW))
             start = 0
             for a, c in enumerate(counts[k]):
                 if c:
@@ -319,8 +398,8 @@ class CPPNEncoding:
             V[j, :m].index_copy_(0, rows, x)
         # Where did each genome's output nodes land in its order?
         out_pos = _inverse(order, N)[:, N_INPUTS:N_INPUTS + self.n_outputs] - N_INPUTS
-        flat, genome = V.view(-1, HW), torch.arange(P, device=V.device)
-        o = torch.stack([flat.index_select(0, out_pos[:, c] * P + genome) for c in range(self.n_outputs)], dim=1)
+        rows = (out_pos * P + torch.arange(P, device=V.device)[:, None]).view(-1)   # genome-major, then channel
+        o = torch.index_select(V.view(-1, HW), 0, rows, out=X[:len(rows) * HW].view(len(rows), HW))
         return o.abs_().clamp_(max=1.0)
 
     # -- inspection --------------------------------------------------------------------------
@@ -328,6 +407,48 @@ class CPPNEncoding:
         """(hidden neurons, connections) per genome, two (P,) int tensors."""
         _, _, is_hidden = self._slot_masks(genomes["alive"].device)
         return (genomes["alive"] & is_hidden).sum(dim=1), genomes["conn"].sum(dim=(1, 2))
+
+
+# Applying an activation to each run of rows that share it, instead of gathering the rows into
+# one block per activation and scattering them back, costs a call per run instead of two copies.
+# It is worth it when a run's copy costs more than a call: about 10,000 floats. And it gives the
+# same bits only when no element falls in the scalar tail of a vectorised loop (two SIMD vectors,
+# at most 32 floats): so only for images whose pixel count is a multiple of 64.
+_FLOATS_PER_CALL = 10_000
+
+
+def _activation_runs(acts: torch.Tensor, has: torch.Tensor, HW: int):
+    """For each step k, [(first row, activation), ...] of the runs of equal activations among the
+    rows that have node k, or [] where gathering is cheaper; None when HW is not a multiple of 64."""
+    if HW % 64:
+        return None
+    starts = has.clone()
+    starts[1:] &= acts[1:] != acts[:-1]                                      # (P, n): a run starts here
+    n_runs, m = starts.sum(dim=0).tolist(), has.sum(dim=0).tolist()
+    step, row = starts.T.nonzero(as_tuple=True)
+    runs = [[] for _ in m]
+    for k, p, a in zip(step.tolist(), row.tolist(), acts[row, step].tolist()):
+        if n_runs[k] * _FLOATS_PER_CALL < m[k] * HW:
+            runs[k].append((p, a))
+    return runs
+
+
+# Scratch memory of the CPU renderer, kept between calls: fresh blocks of many megabytes come
+# from the kernel as new pages on every call (page faults and zeroing cost more than the pixel
+# math at 224×224). At most two blocks per dtype, each within ``max_floats``. On a GPU the
+# caching allocator already reuses memory.
+_SCRATCH: dict = {}
+
+
+def _scratch(name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` (like ``like``), from a reused block on the CPU."""
+    if like.device.type != "cpu":
+        return like.new_empty(shape)
+    numel, key = math.prod(shape), (name, like.dtype)
+    block = _SCRATCH.get(key)
+    if block is None or block.numel() < numel:
+        block = _SCRATCH[key] = like.new_empty(numel)
+    return block[:numel].view(shape)
 
 
 def _inverse(order: torch.Tensor, n: int) -> torch.Tensor:
