@@ -72,3 +72,18 @@ def test_bad_inputs_raise(tiny_model):
         gradient_ascent(tiny_model, [1], objective="loss", progress=False)
     with pytest.raises(ValueError, match="targets"):
         gradient_ascent(tiny_model, [], progress=False)
+
+
+def test_keep_best_returns_each_targets_best_step():
+    """With a rate that overshoots, the last step is not the best one; keep_best returns the best,
+    and its confidence is what the model gives that image."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5)).eval()
+    last = gradient_ascent(model, [0, 3], steps=12, lr=40.0, shape=(1, 4, 4), progress=False)
+    best = gradient_ascent(model, [0, 3], steps=12, lr=40.0, shape=(1, 4, 4), keep_best=True, progress=False)
+    assert torch.equal(last.history, best.history)
+    assert torch.allclose(best.confidences, best.history.max(0).values)
+    with torch.no_grad():
+        again = torch.softmax(model(best.images), 1)[[0, 1], [0, 3]]
+    assert torch.allclose(again, best.confidences, atol=1e-6)
+    assert (best.confidences >= last.confidences).all()
