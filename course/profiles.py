@@ -158,7 +158,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "imagenet.cppn.generations": 150,
         "imagenet.direct.generations": 10,
         "imagenet.ascent.n_classes": 12,
-        "imagenet.ascent.steps": 50,
+        "imagenet.ascent.steps": 80,
         "imagenet.ascent.rms_step": 0.02,
         "imagenet.retrain.photo_crops": 16,
         "imagenet.retrain.epochs": 10,
