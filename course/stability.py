@@ -395,8 +395,14 @@ def _trace_leaf_inputs(model: nn.Module, input_shape: Sequence[int]) -> dict[str
             seen.setdefault(name, tuple(inputs[0].shape))
         return hook
 
-    handles = [m.register_forward_pre_hook(record(n))
-               for n, m in model.named_modules() if n and not any(m.children())]
+    dry_run(model, x, [m.register_forward_pre_hook(record(n))
+                       for n, m in model.named_modules() if n and not any(m.children())])
+    return seen
+
+
+def dry_run(model: nn.Module, x: torch.Tensor, handles) -> None:
+    """One forward pass of ``x`` in evaluation mode, no gradients, for the hooks ``handles`` to
+    watch; then every module's mode back and the hooks removed (whatever happens)."""
     modes = to_eval(model)
     try:
         with torch.no_grad():
@@ -405,7 +411,6 @@ def _trace_leaf_inputs(model: nn.Module, input_shape: Sequence[int]) -> dict[str
         restore(modes)
         for h in handles:
             h.remove()
-    return seen
 
 
 def _wrap_kernel(weight: torch.Tensor, Mh: int, Mw: int) -> torch.Tensor:

@@ -55,13 +55,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course.modes import restore, to_eval
 from course.stability import (  # noqa: F401  (network_bound: re-exported for the product)
     ACTIVATION_LIPSCHITZ,
     LayerBound,
     avgpool_bound,
     conv_operator_norm,
     dense_bound,
+    dry_run,
     lanczos_norm,
     network_bound,
     power_iteration_norm,
@@ -379,16 +379,8 @@ def _trace(model: nn.Module, input_shape: Sequence[int]) -> list:
     watched = [m for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm))
                or type(m) in ACTIVATION_LIPSCHITZ]
-    handles = [m.register_forward_pre_hook(before) for m in watched]
-    handles += [m.register_forward_hook(after) for m in watched]
-    modes = to_eval(model)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        restore(modes)
-        for h in handles:
-            h.remove()
+    dry_run(model, x, [m.register_forward_pre_hook(before) for m in watched]
+            + [m.register_forward_hook(after) for m in watched])
 
     records, pending = [], None  # pending: a conv waiting for its batch norm
     for name, module, shape_in, shape_out in events:
