@@ -131,7 +131,7 @@ def _threads_line() -> str:
         return str(e)
     if "OMP_NUM_THREADS" in why:
         return f"{n} per kernel ({why}, so `course run -j N` keeps it)"
-    return f"{n} per kernel with -j 1 ({why}); -j N gives each kernel max(1, cores // N); OMP_NUM_THREADS overrides"
+    return f"{n} per kernel with -j 1 ({why}); -j N gives each kernel max(1, free cores // N); OMP_NUM_THREADS overrides"
 
 
 def _cmd_doctor(args) -> int:

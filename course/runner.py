@@ -111,9 +111,10 @@ def available_cores() -> int:
 def kernel_threads(jobs: int = 1) -> tuple[int, str]:
     """Torch threads per kernel of ``course run -j jobs``, and why.
 
-    ``cores // jobs`` (at least 1): with more threads than cores, torch's threads spin against
-    each other and against anything else running — a training step of FC100-100-10 took 24x as long
-    with 2 threads as with 1 on a busy 2-core machine. ``OMP_NUM_THREADS``, if set, wins.
+    ``(cores − busy) // jobs`` (at least 1), ``busy`` the cores other processes keep busy
+    (:func:`busy_cores`): with more threads than free cores, torch's threads spin against each other
+    and against anything else running — a training step of FC100-100-10 took 24x as long with 2
+    threads as with 1 on a busy 2-core machine. ``OMP_NUM_THREADS``, if set, wins.
     """
     given = os.environ.get("OMP_NUM_THREADS")
     if given:
@@ -121,9 +122,24 @@ def kernel_threads(jobs: int = 1) -> tuple[int, str]:
             raise ValueError(f"OMP_NUM_THREADS={given!r} is not a positive whole number of threads; "
                              "set it to one (e.g. OMP_NUM_THREADS=1) or unset it to let the course choose.")
         return int(given), "OMP_NUM_THREADS is set"
-    cores = available_cores()
+    cores, busy = available_cores(), busy_cores()
     jobs = max(1, jobs)
-    return max(1, cores // jobs), f"{cores} cores // {jobs} job{'s' if jobs > 1 else ''}"
+    free = max(1, cores - busy)
+    why = f"{cores} cores" + (f", {busy} busy elsewhere" if busy else "") + f" // {jobs} job{'s' if jobs > 1 else ''}"
+    return max(1, free // jobs), why
+
+
+def busy_cores() -> int:
+    """Cores other processes keep busy now: the 1-minute load average, rounded (0 where unknown).
+
+    Measured on a 2-core machine: lesson 01 took 384 s idle with 2 threads per kernel, and had not
+    finished its first network after 650 s with 2 threads beside one busy process (torch's threads
+    spin against it). So a core that something else keeps busy is not offered to the kernels.
+    """
+    try:
+        return max(0, int(round(os.getloadavg()[0])))
+    except (AttributeError, OSError):
+        return 0
 
 
 # --- the children: papermill and its kernel die with the runner ---------------------------------

@@ -64,6 +64,7 @@ def test_relative_paths_resolve_where_the_user_stands_and_threads_follow_the_cor
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     monkeypatch.setattr(runner, "available_cores", lambda: 2)  # torch's own default would be 2 threads
+    monkeypatch.setattr(runner, "busy_cores", lambda: 0)
     out, results = run_lessons(profile="ci", out=Path("runs/x"), jobs=2, folder=nbs)
     metrics = results["lessons"]["01_report"]["metrics"]
     assert out == tmp_path / "runs" / "x" and (out / "results.json").exists()
@@ -81,11 +82,31 @@ def test_relative_paths_resolve_where_the_user_stands_and_threads_follow_the_cor
     assert json.loads((out / "results.json").read_text())["threads_per_kernel"] == 1
 
 
-def test_kernel_threads_are_cores_over_jobs_at_least_one(monkeypatch):
+def test_kernel_threads_are_free_cores_over_jobs_at_least_one(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runner, "available_cores", lambda: 2)
+    monkeypatch.setattr(runner, "busy_cores", lambda: 0)
     assert runner.kernel_threads(1) == (2, "2 cores // 1 job")
     assert runner.kernel_threads(4)[0] == 1
+    monkeypatch.setattr(runner, "busy_cores", lambda: 1)   # one other busy process: one thread
+    assert runner.kernel_threads(1) == (1, "2 cores, 1 busy elsewhere // 1 job")
+    monkeypatch.setattr(runner, "available_cores", lambda: 8)
+    monkeypatch.setattr(runner, "busy_cores", lambda: 3)
+    assert runner.kernel_threads(2)[0] == 2 and runner.kernel_threads(1)[0] == 5
+    monkeypatch.setattr(runner, "busy_cores", lambda: 12)  # more load than cores: still one thread
+    assert runner.kernel_threads(1)[0] == 1
+
+
+def test_busy_cores_come_from_the_load_average(monkeypatch):
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (1.4, 1.0, 0.5))
+    assert runner.busy_cores() == 1
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (0.2, 0.1, 0.1))
+    assert runner.busy_cores() == 0
+
+    def unknown():
+        raise OSError("no load average here")
+    monkeypatch.setattr(runner.os, "getloadavg", unknown)
+    assert runner.busy_cores() == 0
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     assert runner.kernel_threads(4) == (5, "OMP_NUM_THREADS is set")
     monkeypatch.setenv("OMP_NUM_THREADS", "two")
@@ -96,6 +117,7 @@ def test_kernel_threads_are_cores_over_jobs_at_least_one(monkeypatch):
 def test_doctor_shows_the_thread_choice(capsys, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runner, "available_cores", lambda: 8)
+    monkeypatch.setattr(runner, "busy_cores", lambda: 0)
     assert main(["doctor", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["threads"].startswith("8 per kernel with -j 1 (8 cores // 1 job)")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
