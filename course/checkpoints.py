@@ -30,7 +30,7 @@ import torch
 from filelock import FileLock, Timeout
 from torch import nn
 
-from .data import cache_root
+from .data import cache_root, sha256
 from .results import make_temp, remove_stale_temps, write_json_atomic
 
 
@@ -44,15 +44,6 @@ def checkpoint_paths(name: str, config: dict, folder: Path | None = None) -> tup
     folder = Path(folder) if folder else cache_root() / "checkpoints"
     stem = f"{name}-{config_key(config)}"
     return folder / f"{stem}.pt", folder / f"{stem}.json"
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, read in chunks (a checkpoint can be hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _permission_hint(path: Path) -> str:
@@ -78,7 +69,7 @@ def save_object(obj, config: dict, info: dict, name: str, folder: Path | None = 
         torch.save(obj, tmp)
         # The JSON (same config: the key is its hash) goes in first, so that a reader that finds the
         # weights always finds their JSON beside them.
-        write_json_atomic(meta, {"config": config, "info": info, "sha256": file_sha256(tmp)})
+        write_json_atomic(meta, {"config": config, "info": info, "sha256": sha256(tmp)})
         os.replace(tmp, pt)
     except PermissionError as e:
         _discard(tmp)

@@ -62,6 +62,7 @@ def _notice(msg: str) -> None:
 
 
 def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MB blocks (MNIST files, checkpoints, ImageNet weights)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -33,7 +33,7 @@ def _no_warning_load(folder):
 
 def test_the_json_records_the_sha256_of_the_weights(tmp_path):
     _, pt, meta = _saved(tmp_path)
-    assert json.loads(meta.read_text())["sha256"] == checkpoints.file_sha256(pt)
+    assert json.loads(meta.read_text())["sha256"] == checkpoints.sha256(pt)
     assert _no_warning_load(tmp_path) == {"test_error": 0.143}
 
 
@@ -101,7 +101,7 @@ def test_a_checkpoint_from_before_digests_loads_and_gains_one(tmp_path):
     del saved["sha256"]
     meta.write_text(json.dumps(saved))
     assert _no_warning_load(tmp_path) == {"test_error": 0.143}
-    assert json.loads(meta.read_text())["sha256"] == checkpoints.file_sha256(pt)
+    assert json.loads(meta.read_text())["sha256"] == checkpoints.sha256(pt)
 
 
 def test_temp_files_of_interrupted_saves_are_removed_by_the_next_save(tmp_path):

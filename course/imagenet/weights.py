@@ -17,7 +17,6 @@ goes on without weights does so on purpose, labelled "untrained".
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import os
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..data import sha256 as file_sha256
 
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.")   # torch.hub's convention: name-<sha256 prefix>.ext
 UNTRAINED = "none"                                   # the weight source of a randomly initialised network
@@ -45,14 +46,6 @@ class WeightsUnavailableError(RuntimeError):
 
 class WeightsCorruptError(WeightsUnavailableError):
     """A weights file exists but fails its digest, cannot be read, or does not fit the network."""
-
-
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_file(path: Path | str, sha256: str | None = None, how_to_fix: str = "") -> str:
@@ -237,6 +230,6 @@ def alexnet_source(path: Path, digest: str) -> str:
 
 __all__ = [
     "ALEXNET_FILE", "ALEXNET_SHA256_PREFIX", "ALEXNET_TAG", "ALEXNET_URL", "UNTRAINED", "WeightsCorruptError",
-    "WeightsUnavailableError", "alexnet_source", "file_sha256", "find_alexnet_file", "how_to_get_alexnet",
+    "WeightsUnavailableError", "alexnet_source", "find_alexnet_file", "how_to_get_alexnet",
     "hub_weights_path", "load_state_dict_file", "load_strict", "lukemelas_to_timm", "verify_file", "wheel_file",
 ]
