@@ -155,3 +155,20 @@ def test_get_device_picks_the_best_and_honours_course_device(monkeypatch):
         monkeypatch.setenv("COURSE_DEVICE", missing)
         with pytest.raises(RuntimeError, match="not available here.*COURSE_DEVICE"):
             get_device()
+
+
+def test_fast_precision_follows_the_cpu_and_the_environment(monkeypatch):
+    from course.device import fast_precision
+
+    monkeypatch.delenv("COURSE_PRECISION", raising=False)
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert fast_precision("cpu") == ("bfloat16" if native else "float32")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert fast_precision("cpu") == "float32"     # a CPU that would emulate bfloat16 gets float32
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert fast_precision("cpu") == "bfloat16"
+    monkeypatch.setenv("COURSE_PRECISION", "float32")
+    assert fast_precision("cpu") == "float32"
+    monkeypatch.setenv("COURSE_PRECISION", "half")
+    with pytest.raises(ValueError, match="COURSE_PRECISION"):
+        fast_precision("cpu")
