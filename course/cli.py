@@ -123,15 +123,17 @@ def doctor_report() -> dict:
 
 def _threads_line() -> str:
     """How many torch threads each kernel of ``course run`` gets, and why."""
-    from .runner import kernel_threads
+    from .runner import auto_jobs, kernel_threads
 
     try:
-        n, why = kernel_threads(1)
+        jobs = auto_jobs(99)
+        n, why = kernel_threads(jobs)
     except ValueError as e:
         return str(e)
     if "OMP_NUM_THREADS" in why:
-        return f"{n} per kernel ({why}, so `course run -j N` keeps it)"
-    return f"{n} per kernel with -j 1 ({why}); -j N gives each kernel max(1, free cores // N); OMP_NUM_THREADS overrides"
+        return f"{n} per kernel, {jobs} lesson(s) at a time ({why}, so `course run -j N` keeps it)"
+    return (f"`course run` runs {jobs} lesson(s) at a time, {n} thread(s) each ({why}); -j N gives each "
+            "kernel max(1, free cores // N); OMP_NUM_THREADS overrides")
 
 
 def _cmd_doctor(args) -> int:
@@ -225,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="output folder (default: a new $COURSE_CACHE/runs/<timestamp>); "
                    "one that holds an earlier run is refused unless --force")
     r.add_argument("--force", action="store_true", help="replace the earlier run in --out")
-    r.add_argument("--jobs", "-j", type=int, default=1, help="notebooks run in parallel")
+    r.add_argument("--jobs", "-j", type=int, default=None,
+                   help="notebooks run at once (default: one per free core on a CPU, one on a GPU; $COURSE_JOBS)")
     r.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell")
     r.add_argument("--fresh", action="store_true", help="retrain models instead of reusing checkpoints")
     r.set_defaults(fn=_cmd_run)

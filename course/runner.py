@@ -9,7 +9,12 @@ Nothing is lost or left behind: a run never overwrites an earlier one (:func:`ru
 path a kernel gets is absolute (the kernels run in ``solutions/``); each papermill runs in its own
 process group and, on Linux, dies with the runner even when the runner is SIGKILLed (its kernel
 follows within a second); Ctrl-C stops them all and keeps what finished. Each kernel gets
-``cores // jobs`` torch threads unless ``OMP_NUM_THREADS`` is set (:func:`kernel_threads`).
+``(free cores) // jobs`` torch threads unless ``OMP_NUM_THREADS`` is set (:func:`kernel_threads`).
+
+On a CPU the default is one lesson per free core, one thread each (:func:`auto_jobs`): the course's
+networks are small, so two lessons on one thread each finish sooner than one after the other on two
+threads. The longest lessons start first (:func:`schedule`), so no core idles at the end while one
+long lesson runs alone; a model two lessons need is trained once (the checkpoint lock).
 """
 from __future__ import annotations
 
@@ -127,6 +132,56 @@ def kernel_threads(jobs: int = 1) -> tuple[int, str]:
     free = max(1, cores - busy)
     why = f"{cores} cores" + (f", {busy} busy elsewhere" if busy else "") + f" // {jobs} job{'s' if jobs > 1 else ''}"
     return max(1, free // jobs), why
+
+
+def auto_jobs(n_lessons: int) -> int:
+    """Lessons run at once by default: one per free core on a CPU (each with one thread), one on a
+    GPU or MPS (the lessons would share its memory). ``COURSE_JOBS`` overrides."""
+    given = os.environ.get("COURSE_JOBS")
+    if given:
+        if not given.strip().isdigit() or int(given) < 1:
+            raise ValueError(f"COURSE_JOBS={given!r} is not a positive whole number; set it to e.g. 2 or unset it.")
+        return int(given)
+    from .device import get_device
+
+    if get_device().type != "cpu":
+        return 1
+    return max(1, min(n_lessons, available_cores() - busy_cores()))
+
+
+# Seconds each lesson took in the default profile on a 2-core CPU (one thread): only their order
+# matters, for the first run; later runs use the last run's own times (:func:`schedule`).
+TYPICAL_SECONDS = {"00": 15, "01": 450, "02": 30, "03": 35, "04": 60, "05": 60, "06": 240, "07": 210,
+                   "08": 15, "09": 330, "10": 660, "11": 300, "12": 850}
+
+
+def _last_run_seconds(profile: str) -> dict[str, float]:
+    """Each lesson's seconds in the newest finished run of ``profile`` under the cache's runs/."""
+    runs = cache_root() / "runs"
+    found = []
+    for f in runs.glob("*/results.json") if runs.is_dir() else ():
+        try:
+            r = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(r, dict) and r.get("profile") == profile and not r.get("interrupted"):
+            found.append((str(r.get("started", "")), r.get("lessons", {})))
+    if not found:
+        return {}
+    lessons = max(found, key=lambda x: x[0])[1]
+    return {k: float(v["seconds"]) for k, v in lessons.items()
+            if isinstance(v, dict) and v.get("status") == "ok" and isinstance(v.get("seconds"), (int, float))}
+
+
+def schedule(notebooks: list[Path], profile: str) -> list[Path]:
+    """The order to start ``notebooks`` in: longest first (the last run's times of this profile,
+    else :data:`TYPICAL_SECONDS`), so that parallel lessons end together. Ties keep lesson order."""
+    last = _last_run_seconds(profile)
+
+    def seconds(nb: Path) -> float:
+        return last.get(nb.stem, TYPICAL_SECONDS.get(nb.stem[:2], 60))
+
+    return sorted(notebooks, key=lambda nb: -seconds(nb))
 
 
 def busy_cores() -> int:
@@ -354,26 +409,35 @@ def _stop_run(pool: ThreadPoolExecutor) -> int:
 
 
 def run_lessons(selection: list[str] | None = None, profile: str = "default", out: Path | None = None,
-                jobs: int = 1, timeout: int | None = None, folder: Path | None = None,
+                jobs: int | None = None, timeout: int | None = None, folder: Path | None = None,
                 force: bool = False) -> tuple[Path, dict]:
-    """Run lessons; write and return ``(DIR, results)``.
+    """Run lessons, ``jobs`` at once (default :func:`auto_jobs`), longest first; write and return
+    ``(DIR, results)`` (lessons in their own order).
 
     Raises :class:`RunInterrupted` on Ctrl-C once the children are stopped and the lessons that
     finished are written to ``results.json``.
     """
     if profile not in NAMES:
         raise ValueError(f"Unknown profile {profile!r}; use one of {', '.join(NAMES)}.")
+    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"jobs must be a positive whole number of lessons run at once, got {jobs!r}.")
     notebooks = find_notebooks(selection, folder)
+    if jobs is None:
+        jobs = auto_jobs(len(notebooks))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     env = kernel_environment(profile, jobs)
     threads, _ = kernel_threads(jobs)
     out_dir, how = run_folder(out, profile, stamp, force)
     print(how, flush=True)
     _STOPPING.clear()
-    results = {"profile": profile, "started": stamp, "threads_per_kernel": threads, "lessons": {}}
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    results = {"profile": profile, "started": stamp, "jobs": jobs, "threads_per_kernel": threads, "lessons": {}}
+    if jobs > 1:
+        print(f"{jobs} lessons at a time, {threads} thread(s) each, longest first", flush=True)
+    pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        futures = {nb.stem: pool.submit(run_one, nb, out_dir, profile, timeout, env) for nb in notebooks}
+        started = {nb.stem: pool.submit(run_one, nb, out_dir, profile, timeout, env)
+                   for nb in (schedule(notebooks, profile) if jobs > 1 else notebooks)}
+        futures = {nb.stem: started[nb.stem] for nb in notebooks}   # reported in lesson order
         for name, fut in futures.items():
             entry = fut.result()
             results["lessons"][name] = entry

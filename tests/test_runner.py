@@ -11,7 +11,10 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+import torch
 from nbformat.v4 import new_code_cell, new_notebook
+
+import course.device
 
 from course import runner
 from course.cli import main
@@ -118,11 +121,14 @@ def test_doctor_shows_the_thread_choice(capsys, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runner, "available_cores", lambda: 8)
     monkeypatch.setattr(runner, "busy_cores", lambda: 0)
+    monkeypatch.delenv("COURSE_JOBS", raising=False)
+    monkeypatch.setattr(course.device, "get_device", lambda prefer=None: torch.device("cpu"))
     assert main(["doctor", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["threads"].startswith("8 per kernel with -j 1 (8 cores // 1 job)")
+    assert json.loads(capsys.readouterr().out)["threads"].startswith(
+        "`course run` runs 8 lesson(s) at a time, 1 thread(s) each (8 cores // 8 jobs)")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert main(["doctor"]) == 0
-    assert "1 per kernel (OMP_NUM_THREADS is set" in capsys.readouterr().out
+    assert "1 per kernel, 8 lesson(s) at a time (OMP_NUM_THREADS is set" in capsys.readouterr().out
 
 
 def test_out_under_a_file_is_explained(tmp_path, capsys):
@@ -258,3 +264,43 @@ def test_ctrl_c_stops_the_run_with_one_line(tmp_path, sig):
         assert json.loads((tmp_path / "out" / "results.json").read_text())["interrupted"] is True
     finally:
         _kill_leftovers(proc, pids)
+
+
+def test_auto_jobs_is_one_lesson_per_free_core_on_a_cpu_and_one_on_a_gpu(monkeypatch):
+    monkeypatch.delenv("COURSE_JOBS", raising=False)
+    monkeypatch.setattr(runner, "available_cores", lambda: 2)
+    monkeypatch.setattr(runner, "busy_cores", lambda: 0)
+    monkeypatch.setattr(course.device, "get_device", lambda prefer=None: torch.device("cpu"))
+    assert runner.auto_jobs(13) == 2 and runner.auto_jobs(1) == 1
+    assert runner.kernel_threads(runner.auto_jobs(13))[0] == 1      # two lessons, one thread each
+    monkeypatch.setattr(runner, "busy_cores", lambda: 1)
+    assert runner.auto_jobs(13) == 1
+    monkeypatch.setattr(runner, "busy_cores", lambda: 5)
+    assert runner.auto_jobs(13) == 1                                  # never fewer than one
+    monkeypatch.setattr(runner, "busy_cores", lambda: 0)
+    monkeypatch.setattr(course.device, "get_device", lambda prefer=None: torch.device("cuda"))
+    assert runner.auto_jobs(13) == 1
+    monkeypatch.setenv("COURSE_JOBS", "3")
+    assert runner.auto_jobs(13) == 3
+    monkeypatch.setenv("COURSE_JOBS", "two")
+    with pytest.raises(ValueError, match="COURSE_JOBS"):
+        runner.auto_jobs(13)
+    with pytest.raises(ValueError, match="jobs must be a positive"):
+        run_lessons(profile="ci", jobs=0, folder=Path("."))
+
+
+def test_schedule_starts_the_longest_lessons_first_from_the_last_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    nbs = [Path(f"{n}.ipynb") for n in ("00_welcome", "01_training_mnist", "08_ascent", "12_imagenet_fooled")]
+    assert [p.stem[:2] for p in runner.schedule(nbs, "default")] == ["12", "01", "00", "08"]  # typical times
+    for name, started, profile, secs in (("a", "20260101-000000", "default", {"00_welcome": 5, "08_ascent": 900}),
+                                         ("b", "20250101-000000", "default", {"00_welcome": 999}),
+                                         ("c", "20270101-000000", "ci", {"00_welcome": 999})):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        lessons = {k: {"status": "ok", "seconds": v} for k, v in secs.items()}
+        (tmp_path / "runs" / name / "results.json").write_text(
+            json.dumps({"profile": profile, "started": started, "lessons": lessons}))
+    (tmp_path / "runs" / "broken").mkdir()
+    (tmp_path / "runs" / "broken" / "results.json").write_text("{not json")
+    # the newest run of this profile (a): 08 took 900 s there, 00 5 s; the others keep typical times
+    assert [p.stem[:2] for p in runner.schedule(nbs, "default")] == ["08", "12", "01", "00"]
