@@ -143,8 +143,10 @@ def mutation_draws(n: int, rate: float, generator: torch.Generator | None = None
     while last < n - 1:  # almost always a single round
         a = torch.rand(k, generator=generator, device=device, dtype=torch.float64).mul_(_TWO_U)
         high = a.floor()
-        w = a.sub_(high).neg_().add_(1.0).to(torch.float32)     # 1 − frac(a) ∈ [2⁻²⁹, 1]: log w ≤ 0
-        gaps = w.log_().mul_(1.0 / log_q).long().add_(1)          # 1 + ⌊log W / log q⌋ (truncation)
+        one = a.new_ones(())
+        w = torch.sub(one, a.sub_(high), out=a).to(torch.float32)  # 1 − frac(a) ∈ [2⁻²⁹, 1]: log w ≤ 0
+        # 1 + log W / log q ≥ 1, truncated: the gap 1 + ⌊log W / log q⌋.
+        gaps = torch.add(one.float(), w.log_(), alpha=1.0 / log_q, out=w).long()
         positions = gaps.cumsum_(0).add_(last)
         rounds.append((positions, high))
         last = int(positions[-1])

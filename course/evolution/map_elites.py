@@ -168,9 +168,10 @@ class Archive:
             if self._stored is not None:
                 put(self._stored, cells, rows if images is genomes else images.index_select(0, winners))
             self._rendered = None
+            # A new tensor, never written in place: map_elites keeps each generation's in its history.
             self.scores = torch.where(better, best, self.scores)
-            self.filled |= better
-            if not self._full:
+            if not self._full:       # (once full, filled stays all True)
+                self.filled |= better
                 self._full = bool(self.filled.all())
         return better
 
@@ -291,7 +292,7 @@ def map_elites(classifier: nn.Module, encoding, generations: int = 200, offsprin
         n_cells = check_classifier(classifier, images[:2])
         archive = Archive(n_cells, device=device, render=encoding.render)
         archive.update(genomes, images, classify(classifier, images, batch_size))
-        history = [archive.scores.clone()]
+        history = [archive.scores]   # update replaces scores, never writes them in place
         evaluations = initial
         # The parents are a fresh copy (take), so an encoding that can mutate in place may.
         mutate = getattr(encoding, "mutate_", None) or encoding.mutate
@@ -301,7 +302,7 @@ def map_elites(classifier: nn.Module, encoding, generations: int = 200, offsprin
             children = mutate(take(archive.genomes, parents), generator, gen)  # take: a fresh copy
             images = encoding.render(children)
             archive.update(children, images, classify(classifier, images, batch_size))
-            history.append(archive.scores.clone())
+            history.append(archive.scores)
             evaluations += offspring
             if progress and (gen % 10 == 0 or gen == generations):
                 bar.set_postfix(min=f"{float(archive.scores.min()):.4f}",
