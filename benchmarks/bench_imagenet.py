@@ -10,7 +10,14 @@ generation, one archive cell per class. Timed on the CPU with ``--threads`` torc
    by its generations + 1) over the seconds of the network's forward pass (+ softmax) alone on a
    generation's images (the same rendered CPPN images). Nothing can beat the forward pass, so the
    ratio is the overhead of everything else; the target is at most 1.1×. The render alone is timed
-   too.
+   too. Both sides classify in chunks of ``--batch-size`` images (``map_elites(batch_size=...)``
+   and the floor alike): a whole generation of activations at once is over a gigabyte, which
+   glibc hands back to the kernel and faults in again on every pass. The archive keeps the
+   1000 elites' genomes only and renders their images on demand (a stored image per elite
+   would be 600 MB, allocated per run and copied on every improvement: 1.66× the forward pass
+   instead of ~1.0× with batches of 32). ``--precision bfloat16`` runs the network in bfloat16
+   (``create_model(precision=...)``; 2-3× faster on a CPU with AVX-512 BF16), where the render
+   and the rest of the generation weigh more.
 2. **The allocator.** Images per second of the forward pass in two fresh processes: glibc's
    default malloc, and ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<1 GiB>`` (what
    :func:`course.memory.keep_freed_memory` sets in a running process, and ``course run`` for its
@@ -18,7 +25,7 @@ generation, one archive cell per class. Timed on the CPU with ``--threads`` torc
    from the kernel and unmaps it on free, so every forward pass page-faults on megabytes.
 
 Rounds are interleaved (ours, the floor, ours, ...) and medians reported, so another job on the
-machine slows both alike.
+machine slows both alike; with one thread on the CPU both are timed in this process's CPU time.
 
     python benchmarks/bench_imagenet.py [--json] [--generations 5] [--rounds 3] [--offspring 100]
                                         [--batch-size 32] [--precision float32|bfloat16]
