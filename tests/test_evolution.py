@@ -9,7 +9,9 @@ from torch import nn
 from course.evolution import (Archive, CPPNEncoding, DirectEncoding, EmptyArchiveError, expected_abs_delta,
                               map_elites, polynomial_delta, polynomial_mutation, render_reference)
 from course.evolution.cppn import N_INPUTS, node_depth, reachability
-from course.evolution.direct import bernoulli_positions, polynomial_mutation_
+from course.evolution import direct
+from course.evolution.direct import bernoulli_positions, mutation_draws, polynomial_mutation_
+from course.evolution.map_elites import take
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -133,6 +135,87 @@ def test_direct_encoding_shapes_rate_and_halving():
         DirectEncoding(shape=(28, 28))
 
 
+def _chi2_ok(observed, expected):
+    """Pearson's chi-square below df + 6·sqrt(2 df) (p < 1e-6 for these df): with a fixed seed the
+    test is deterministic, and a wrong distribution overshoots by orders of magnitude."""
+    observed, expected = torch.as_tensor(observed, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    df = len(observed) - 1
+    return chi2 < df + 6 * math.sqrt(2 * df), chi2
+
+
+def test_mutation_draws_known_answer_statistics():
+    """Fixed seed, answers from theory: independent coins at the configured rate (binomial count,
+    uniform positions, geometric gaps) and, per mutating gene, u uniform on float32's 24-bit grid,
+    independent of the gap; the polynomial steps then follow their exact CDF."""
+    n, rate, draws = 156_800, 0.1, 40                 # a generation of 200 MNIST genomes, 40 times
+    g = gen(11)
+    counts, us, gaps, hits = [], [], [], torch.zeros(200)
+    for _ in range(draws):
+        pos, u = mutation_draws(n, rate, g)
+        assert pos.dtype == torch.long and u.dtype == torch.float32 and pos.shape == u.shape
+        assert bool((pos[1:] > pos[:-1]).all()) and int(pos[0]) >= 0 and int(pos[-1]) < n
+        counts.append(len(pos))
+        us.append(u)
+        gaps.append(torch.diff(pos, prepend=torch.tensor([-1])))
+        hits += torch.bincount(pos // (n // 200), minlength=200)
+    counts = torch.tensor(counts, dtype=torch.float64)
+    sd = math.sqrt(n * rate * (1 - rate))            # 118.8
+    assert abs(float(counts.mean()) - n * rate) < 4 * sd / math.sqrt(draws)
+    assert float(counts.std()) == pytest.approx(sd, rel=0.3)
+    ok, chi2 = _chi2_ok(hits, torch.full((200,), float(hits.sum()) / 200))   # every gene alike
+    assert ok, chi2
+    gaps, u = torch.cat(gaps), torch.cat(us).double()
+    # Gaps: P(gap = k) = rate (1 − rate)^(k − 1); bins 1..40 and the tail.
+    k = torch.arange(1, 41, dtype=torch.float64)
+    pmf = torch.cat([rate * (1 - rate) ** (k - 1), torch.tensor([(1 - rate) ** 40])])
+    observed = torch.cat([torch.bincount(gaps.clamp(max=41), minlength=42)[1:41], (gaps > 40).sum()[None]])
+    ok, chi2 = _chi2_ok(observed, pmf * len(gaps))
+    assert ok, chi2
+    # u: on the grid m·2⁻²⁴ in [0, 1), uniform (100 bins), mean 1/2, uncorrelated with the gap.
+    assert bool((u * 2 ** 24 == (u * 2 ** 24).floor()).all()) and float(u.min()) >= 0 and float(u.max()) < 1
+    ok, chi2 = _chi2_ok(torch.bincount((u * 100).long(), minlength=100), torch.full((100,), len(u) / 100))
+    assert ok, chi2
+    assert abs(float(u.mean()) - 0.5) < 4 * math.sqrt(1 / 12 / len(u))
+    assert abs(float(torch.corrcoef(torch.stack([u, gaps.double()]))[0, 1])) < 4 / math.sqrt(len(u))
+    # The steps: F(d) = (1 + d)^(η+1) / 2 below 0, 1 − (1 − d)^(η+1) / 2 above (Kolmogorov-Smirnov).
+    eta = 15.0
+    d = polynomial_delta(u, eta).sort().values
+    cdf = torch.where(d < 0, (1 + d).pow(eta + 1) / 2, 1 - (1 - d).pow(eta + 1) / 2)
+    ecdf = torch.arange(1, len(d) + 1, dtype=torch.float64) / len(d)
+    assert float((cdf - ecdf).abs().max()) < 1.95 / math.sqrt(len(d))     # 0.1% level
+
+
+def test_mutation_draws_edges_and_several_rounds(monkeypatch):
+    g = gen(5)
+    pos, u = mutation_draws(50, 1.0, g)
+    assert pos.tolist() == list(range(50)) and u.shape == (50,) and float(u.max()) < 1
+    for empty in (mutation_draws(50, 0.0, g), mutation_draws(0, 0.3, g)):
+        assert empty[0].numel() == 0 and empty[1].numel() == 0
+    # Rounds too short to reach the end: more rounds follow, and the coins are still fair.
+    monkeypatch.setattr(direct, "_draws_per_round", lambda n, rate: 7)
+    counts = []
+    for _ in range(300):
+        pos, u = mutation_draws(1000, 0.2, g)
+        assert bool((pos[1:] > pos[:-1]).all()) and int(pos[-1]) < 1000 and pos.shape == u.shape
+        counts.append(len(pos))
+    assert sum(counts) / len(counts) == pytest.approx(200, abs=4 * math.sqrt(160 / 300))
+
+
+def test_mutation_changes_the_configured_share_of_genes():
+    """Through the encodings: about ``rate`` of the genes change (binomial bounds, fixed seed)."""
+    enc = DirectEncoding()
+    x = enc.random(200, gen(2))
+    y = enc.mutate(x, gen(3))
+    n = x.numel()
+    changed = int((y != x).sum())                      # (a step can be 0 or clip to no change: rare)
+    assert abs(changed - 0.1 * n) < 5 * math.sqrt(n * 0.09)
+    w = polynomial_mutation(torch.zeros(100, 39, 39), 0.1, 15.0, gen(4), -10.0, 10.0)   # CPPN weights
+    share = float((w != 0).float().mean())
+    assert share == pytest.approx(0.1, abs=5 * math.sqrt(0.09 / w.numel()))
+    assert float(w[w != 0].abs().mean()) == pytest.approx(20 / 17, rel=0.03)
+
+
 # -- CPPN ------------------------------------------------------------------------------------
 
 def evolved_cppns(channels, n=12, rounds=15, seed=0, dtype=torch.float64):
@@ -198,21 +281,96 @@ def test_node_depth_is_longest_path():
 
 # -- the archive -----------------------------------------------------------------------------
 
-def test_archive_every_cell_strictly_better_ties_keep():
-    a = Archive(3)
-    genomes, images = torch.tensor([[0.0], [1.0]]), torch.zeros(2, 1, 1, 1)
-    changed = a.update(genomes, images, torch.tensor([[0.5, 0.2, 0.3], [0.1, 0.7, 0.2]]))
+def _toy_render(genomes):
+    """A render for (B, 1) genomes: a 1×1×2 image [g, 2g]."""
+    return torch.stack([genomes, 2 * genomes], dim=-1)[:, :, None, :]
+
+
+def _toy_archive(mode, n_cells=3):
+    return Archive(n_cells, render=_toy_render if mode == "lazy" else None)
+
+
+def _toy_update(a, mode, genomes, probs):
+    images = genomes if mode == "same" else _toy_render(genomes)
+    return a.update(genomes, images, probs)
+
+
+@pytest.mark.parametrize("mode", ["stored", "lazy", "same"])
+def test_archive_every_cell_strictly_better_ties_keep(mode):
+    """The same semantics whether the archive stores images, renders them on demand or its
+    genomes are its images."""
+    a = _toy_archive(mode)
+    changed = _toy_update(a, mode, torch.tensor([[0.0], [1.0]]), torch.tensor([[0.5, 0.2, 0.3], [0.1, 0.7, 0.2]]))
     assert changed.tolist() == [True, True, True]
     assert a.genomes.squeeze(1).tolist() == [0.0, 1.0, 0.0]            # offspring 0 holds two cells
     assert a.scores.tolist() == pytest.approx([0.5, 0.7, 0.3])
     # Ties do not replace; strictly better does, in every cell it beats.
-    changed = a.update(torch.tensor([[2.0]]), images[:1], torch.tensor([[0.5, 0.1, 0.3]]))
+    changed = _toy_update(a, mode, torch.tensor([[2.0]]), torch.tensor([[0.5, 0.1, 0.3]]))
     assert changed.tolist() == [False, False, False] and a.genomes.squeeze(1).tolist() == [0.0, 1.0, 0.0]
-    changed = a.update(torch.tensor([[3.0]]), images[:1], torch.tensor([[0.6, 0.1, 0.4]]))
+    changed = _toy_update(a, mode, torch.tensor([[3.0]]), torch.tensor([[0.6, 0.1, 0.4]]))
     assert changed.tolist() == [True, False, True] and a.genomes.squeeze(1).tolist() == [3.0, 1.0, 3.0]
     # Among tied offspring the first wins.
-    a.update(torch.tensor([[4.0], [5.0]]), torch.zeros(2, 1, 1, 1), torch.tensor([[0.0, 0.9, 0.0], [0.0, 0.9, 0.0]]))
+    _toy_update(a, mode, torch.tensor([[4.0], [5.0]]), torch.tensor([[0.0, 0.9, 0.0], [0.0, 0.9, 0.0]]))
     assert a.genomes.squeeze(1).tolist() == [3.0, 4.0, 3.0] and len(a) == 3
+    want = a.genomes if mode == "same" else _toy_render(a.genomes)
+    assert torch.equal(a.images, want)                                 # the images follow the genomes
+    cells, images, genomes = a.elites()
+    assert cells.tolist() == [0, 1, 2] and torch.equal(images, want) and torch.equal(genomes, a.genomes)
+
+
+def test_lazy_archive_renders_once_per_change_and_blanks_empty_cells():
+    calls = []
+
+    def render(genomes):
+        calls.append(len(genomes))
+        return genomes                                  # like the direct encoding: its input itself
+
+    a = Archive(3, render=render)
+    assert a.images is None
+    inf = float("inf")
+    a.update(torch.ones(2, 1, 1, 1), torch.ones(2, 1, 1, 1), torch.tensor([[0.5, -inf, 0.1], [0.2, -inf, 0.3]]))
+    assert a.filled.tolist() == [True, False, True]
+    images = a.images
+    assert images.flatten().tolist() == [1.0, 0.0, 1.0] and a.genomes.flatten().tolist() == [1.0, 0.0, 1.0]
+    assert a.images is images and calls == [3]                        # cached
+    a.update(torch.full((1, 1, 1, 1), 7.0), torch.zeros(1, 1, 1, 1), torch.tensor([[0.1, -inf, 0.2]]))
+    assert a.images is images and calls == [3]                        # nothing changed: still cached
+    a.update(torch.full((1, 1, 1, 1), 7.0), torch.zeros(1, 1, 1, 1), torch.tensor([[0.1, 0.9, 0.2]]))
+    assert a.images.flatten().tolist() == [1.0, 7.0, 1.0] and calls == [3, 3] and len(a) == 3
+    assert a.images is a.genomes                                       # full: the render's own output
+
+
+@pytest.mark.parametrize("hw, exact", [((32, 32), True), ((28, 28), False)])
+def test_lazy_archive_images_are_the_scored_images(hw, exact):
+    """Elites re-rendered from their genomes against the very images that were scored (kept by a
+    second archive that stores them). At 32×32 bitwise. At 28×28 the CPU renderer may round a
+    genome's pixels by a last bit differently depending on where it sits in the batch (its
+    vectorised activations' scalar tail when the pixel count is not a multiple of 64; its BLAS
+    kernel for 1-3 rows): equal to float32 rounding."""
+    enc = CPPNEncoding(shape=(1, *hw), max_hidden=12)
+    model = linear_classifier(shape=(1, *hw))
+    g = gen(8)
+    lazy, kept = Archive(10, render=enc.render), Archive(10)
+    genomes = enc.random(40, g)
+    for step in range(30):
+        if step:
+            genomes = enc.mutate(take(lazy.genomes, lazy.sample_parents(40, g)), g)
+        images = enc.render(genomes)
+        with torch.no_grad():
+            probs = torch.softmax(model(images), dim=1)
+        assert torch.equal(lazy.update(genomes, images, probs), kept.update(genomes, images, probs))
+    assert int(enc.sizes(lazy.genomes)[0].max()) >= 3                  # real topologies
+    assert torch.equal(lazy.scores, kept.scores)
+    if exact:
+        assert torch.equal(lazy.images, kept.images)
+    else:
+        torch.testing.assert_close(lazy.images, kept.images, atol=1e-6, rtol=0)
+    assert torch.equal(lazy.images, enc.render(lazy.genomes))          # the stored genomes, rendered
+
+
+def test_map_elites_stores_direct_images_once():
+    r = map_elites(linear_classifier(), DirectEncoding(), generations=3, offspring=20, progress=False)
+    assert r.archive.images.data_ptr() == r.archive.genomes.data_ptr()
 
 
 def test_archive_dict_genomes_and_parents():

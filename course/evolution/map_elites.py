@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -80,17 +81,30 @@ class Archive:
     """One elite per cell (class), as tensors on one device.
 
     - ``genomes``: the elites' genomes in the encoding's own form, ``n_cells`` on the first axis;
-    - ``images``: (n_cells, C, H, W) their renderings;
+    - ``images``: (n_cells, C, H, W) their renderings (see below);
     - ``scores``: (n_cells,) each elite's probability for *its* cell (−inf where empty);
     - ``filled``: (n_cells,) bool.
 
-    Storage for genomes and images is allocated on the first :meth:`update`.
+    Where the images come from:
+
+    - ``render`` given (an encoding's ``render``; :func:`map_elites` passes it): only the genomes
+      are kept, and ``images`` renders the elites on first use after an update (then cached until
+      the next update changes a cell). A 1000-cell archive of 224×224 colour images would
+      otherwise hold 600 MB and copy images on every improvement. The re-rendered images are the
+      ones that were scored up to float32 rounding: the CPU renderer's BLAS kernels and
+      vectorised loops round a genome's pixels by a last bit or so differently depending on
+      where it sits in a batch (observed: at most ~4e-6, mostly equal; see the tests).
+    - no ``render``, and :meth:`update` given the genomes themselves as images (the direct
+      encoding, whose genome *is* the image): the images are the genomes, stored once.
+    - otherwise the images passed to :meth:`update` are stored beside the genomes.
+
+    Storage is allocated on the first :meth:`update`.
     """
 
     n_cells: int
     device: torch.device = torch.device("cpu")
     genomes: Genomes | None = None
-    images: torch.Tensor | None = None
+    render: Callable[[Genomes], torch.Tensor] | None = field(default=None, repr=False)
     scores: torch.Tensor = field(init=False)
     filled: torch.Tensor = field(init=False)
 
@@ -99,16 +113,38 @@ class Archive:
             raise ValueError(f"An archive needs at least one cell, got n_cells={self.n_cells}.")
         self.scores = torch.full((self.n_cells,), float("-inf"), device=self.device)
         self.filled = torch.zeros(self.n_cells, dtype=torch.bool, device=self.device)
+        self._stored: torch.Tensor | None = None   # images kept beside the genomes (third case)
+        self._same = False                         # images are the genomes (second case)
+        self._rendered: torch.Tensor | None = None # the cache of the first case
+        self._full = False                         # every cell filled (stays so)
 
     def __len__(self) -> int:
         """The number of filled cells."""
         return int(self.filled.sum())
 
+    @property
+    def images(self) -> torch.Tensor | None:
+        """(n_cells, C, H, W): every cell's elite image, zeros where a cell is empty (None
+        before the first update)."""
+        if self.genomes is None:
+            return None
+        if self._same:
+            return self.genomes
+        if self._stored is not None:
+            return self._stored
+        if self._rendered is None:
+            images = self.render(self.genomes)
+            if not self._full:     # (a render may return its input: the direct encoding's does)
+                images = images.masked_fill(~self.filled.view(-1, *[1] * (images.dim() - 1)), 0)
+            self._rendered = images
+        return self._rendered
+
     def update(self, genomes: Genomes, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """Insert a batch: each cell takes its best offspring if strictly better. Returns the
         (n_cells,) bool mask of cells that changed.
 
-        ``probs`` (B, n_cells): every offspring's probability for every cell.
+        ``probs`` (B, n_cells): every offspring's probability for every cell. ``images``: the
+        offspring's renderings (used only when the archive stores images, see the class).
         """
         if probs.dim() != 2 or probs.shape[1] != self.n_cells:
             raise ValueError(f"probs must be (offspring, {self.n_cells}), got {tuple(probs.shape)}.")
@@ -117,7 +153,11 @@ class Archive:
                              "rows of probabilities: they must match.")
         if self.genomes is None:
             self.genomes = _empty_like(genomes, self.n_cells)
-            self.images = images.new_zeros((self.n_cells, *images.shape[1:]))
+            self._same = self.render is None and images is genomes
+            if self.render is None and not self._same:
+                self._stored = images.new_zeros((self.n_cells, *images.shape[1:]))
+        elif self._same and images is not genomes:  # images that differ from the genomes after all
+            self._stored, self._same = self.genomes.clone(), False
         best, who = probs.max(dim=0)  # per cell: the best offspring (first one on ties)
         better = best > self.scores   # strictly better only
         cells = better.nonzero().squeeze(1)
@@ -125,10 +165,14 @@ class Archive:
             winners = who.index_select(0, cells)
             rows = take(genomes, winners)
             put(self.genomes, cells, rows)
-            # The direct encoding renders a genome as itself: then the rows are gathered once.
-            put(self.images, cells, rows if images is genomes else images.index_select(0, winners))
+            if self._stored is not None:
+                put(self._stored, cells, rows if images is genomes else images.index_select(0, winners))
+            self._rendered = None
+            # A new tensor, never written in place: map_elites keeps each generation's in its history.
             self.scores = torch.where(better, best, self.scores)
-            self.filled |= better
+            if not self._full:       # (once full, filled stays all True)
+                self.filled |= better
+                self._full = bool(self.filled.all())
         return better
 
     def _check_nonempty(self):
@@ -138,19 +182,22 @@ class Archive:
 
     def sample_parents(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` cell indices drawn uniformly, with replacement, among the filled cells."""
+        if self._full:               # every cell filled: the index is the pick itself
+            pick = torch.randint(self.n_cells, (n,), generator=generator, device=generator.device)
+            if pick.device == self.filled.device:
+                return pick
+            return pick.to(self.filled.device)
         cells = self.filled.nonzero().squeeze(1)
         if not len(cells):
             self._check_nonempty()  # raises
         pick = torch.randint(len(cells), (n,), generator=generator, device=generator.device)
-        if len(cells) == self.n_cells and pick.device == cells.device:
-            return pick  # all filled: cells is arange(n_cells), the index is the pick itself
         return cells.index_select(0, pick.to(cells.device))
 
     def elites(self) -> tuple[torch.Tensor, torch.Tensor, Genomes]:
         """(cells, images, genomes) of the filled cells."""
         self._check_nonempty()
         cells = self.filled.nonzero().squeeze(1)
-        return cells, self.images[cells], take(self.genomes, cells)
+        return cells, self.images.index_select(0, cells), take(self.genomes, cells)
 
 
 @dataclass
@@ -243,9 +290,9 @@ def map_elites(classifier: nn.Module, encoding, generations: int = 200, offsprin
         genomes = encoding.random(initial, generator)
         images = encoding.render(genomes)
         n_cells = check_classifier(classifier, images[:2])
-        archive = Archive(n_cells, device=device)
+        archive = Archive(n_cells, device=device, render=encoding.render)
         archive.update(genomes, images, classify(classifier, images, batch_size))
-        history = [archive.scores.clone()]
+        history = [archive.scores]   # update replaces scores, never writes them in place
         evaluations = initial
         # The parents are a fresh copy (take), so an encoding that can mutate in place may.
         mutate = getattr(encoding, "mutate_", None) or encoding.mutate
@@ -255,7 +302,7 @@ def map_elites(classifier: nn.Module, encoding, generations: int = 200, offsprin
             children = mutate(take(archive.genomes, parents), generator, gen)  # take: a fresh copy
             images = encoding.render(children)
             archive.update(children, images, classify(classifier, images, batch_size))
-            history.append(archive.scores.clone())
+            history.append(archive.scores)
             evaluations += offspring
             if progress and (gen % 10 == 0 or gen == generations):
                 bar.set_postfix(min=f"{float(archive.scores.min()):.4f}",
