@@ -308,6 +308,30 @@ def test_power_iteration_check_random_lite0():
     assert "conv_stem+bn1" in format_checks(checks)
 
 
+def test_folded_batch_norms_give_the_same_bounds():
+    """course.imagenet.fold's network (BN folded into the convs): same units, layer names and
+    bounds, and the same per-layer check, as the network with its batch norms."""
+    from course.imagenet.fold import fold_batch_norms
+
+    model = _random_lite0(seed=2)
+    folded = fold_batch_norms(model, (1, 3, 32, 32))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    size = (1, 3, 32, 32)
+    want, got = block_bounds(model, size), block_bounds(folded, size)
+    assert [(u.name, u.kind) for u in got] == [(u.name, u.kind) for u in want]
+    for a, b in zip(want, got):
+        assert [layer.name for layer in b.layers] == [layer.name for layer in a.layers]
+        for la, lb in zip(a.layers, b.layers):
+            assert lb.bound == pytest.approx(la.bound, rel=1e-5), (la, lb)
+    assert network_bound(got) == pytest.approx(network_bound(want), rel=1e-4)
+    layers = conv_bn_layers(folded, size)
+    assert all(layer.bn is None for layer in layers) and len(layers) == 49
+    assert layers[0].name == "conv_stem+bn1"
+    (a,), (b,) = (power_iteration_check(m, size, iters=20)[:1] for m in (model, folded))
+    assert b.fft_bound == pytest.approx(a.fft_bound, rel=1e-5)
+    assert b.power_iteration == pytest.approx(a.power_iteration, rel=1e-4)
+
+
 # --- the real network -----------------------------------------------------------------------------
 
 def _real_lite0():
