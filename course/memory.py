@@ -42,18 +42,18 @@ def available_memory(device: torch.device | str | None = None) -> int:
 
 def activation_bytes(model: nn.Module, image_shape: Sequence[int]) -> int:
     """Bytes of every leaf module's output for ONE image of ``image_shape`` (C, H, W), plus the
-    input's. A tensor is counted once: an in-place activation or an identity (timm's ``drop``)
-    hands on the same memory it was given."""
+    input's. Memory is counted once: an in-place activation, an identity (timm's ``drop``) or a
+    view (``Flatten``) hands on the memory it was given."""
     total, seen, alive = 0, set(), []
 
     def hook(module, inputs, output):
         nonlocal total
         if isinstance(output, torch.Tensor):
-            key = (output.untyped_storage().data_ptr(), output.storage_offset(), tuple(output.shape))
-            if key not in seen:
-                seen.add(key)
+            storage = output.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
                 alive.append(output)   # kept alive: no later tensor gets the same address
-                total += output.numel() * output.element_size()
+                total += storage.nbytes()
 
     p = next(model.parameters())
     handles = [m.register_forward_hook(hook) for m in model.modules() if not any(m.children())]

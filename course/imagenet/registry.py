@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import weights as W
-from .fold import FoldedBatchNorm, fold_batch_norms
+from .fold import FoldedBatchNorm, fold_batch_norms, symmetric_same_padding
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -231,7 +231,9 @@ def create_model(name: str = DEFAULT_MODEL, pretrained: bool = True, *, device=N
     (:func:`~course.imagenet.fold.fold_batch_norms`): the same function at evaluation (logits
     within ~1e-6, the same input gradients), about 1.25× faster on a CPU, and module names are
     kept (``bn1`` becomes a :class:`~course.imagenet.fold.FoldedBatchNorm` holding only its
-    activation). The network comes frozen and in evaluation mode, and everything the course does
+    activation); timm's TF-"same" convs also pad without copying their input when no gradient
+    is recorded (:class:`~course.imagenet.fold.SymmetricSameConv2d`, the same outputs, 1.1-1.2×
+    faster again). The network comes frozen and in evaluation mode, and everything the course does
     with it (scoring, L-BFGS, gradient ascent, MAP-Elites, the Lipschitz bounds, a new last
     layer trained on its features) works folded. ``fold_bn=False`` keeps the batch norms: for
     studying or fine-tuning them (a folded network cannot be trained as a batch-norm network).
@@ -243,7 +245,7 @@ def create_model(name: str = DEFAULT_MODEL, pretrained: bool = True, *, device=N
     net = build(spec, seed)
     source = load_weights(spec, net, path=path, download=download) if pretrained else W.UNTRAINED
     if fold_bn:
-        net = fold_batch_norms(net, (1, 3, 64, 64))
+        net = symmetric_same_padding(fold_batch_norms(net, (1, 3, 64, 64)))
     model = ImageNetModel(net, spec, source, channels_last=channels_last, precision=precision)
     return model.eval().requires_grad_(False).to(get_device() if device is None else torch.device(device))
 
