@@ -144,7 +144,7 @@ def test_tf_same_padding_by_hand():
 
 def _check_layer(conv, bn, n):
     weight = fold_bn(conv, bn).double()
-    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().view(-1, 1, 1)
+    scale = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).detach().view(-1, 1, 1)  # in float64: the 1e-9 below
     conv64 = conv.double()
     bias = conv64.bias.detach().view(-1, 1, 1) if conv64.bias is not None else 0.0
     real = lambda x: scale * (conv64(x) - bias)
