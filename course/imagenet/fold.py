@@ -5,8 +5,10 @@ At evaluation a batch norm is a fixed per-channel affine map, ``y = s ⊙ x + t`
 folded into the convolution's kernel and bias (torch's own
 :func:`torch.nn.utils.fusion.fuse_conv_bn_eval`): one pass over the activations fewer per layer.
 On a CPU, EfficientNet-Lite0 spends about a quarter of its forward pass in batch norm, and the
-folded network runs 1.25× faster in float32 and bfloat16 alike, with the same logits to about
-1e-6 and the same input gradients (what L-BFGS and gradient ascent use).
+folded network runs 1.2-1.26× faster (float32 and bfloat16, 1 thread, 32 images at 224 px; 1.3×
+for a forward and backward pass in float32) with the same logits to about 1e-5 (probabilities
+1e-6) and the same input gradients (what L-BFGS and gradient ascent use). Its activations take
+half the memory: the batch norms' outputs are gone.
 
 timm's ``BatchNormAct2d`` is batch norm, then dropout, then the activation; folded, what is left
 of it is :class:`FoldedBatchNorm`: the dropout and the activation, under the same name (``bn1``
@@ -14,8 +16,8 @@ stays ``bn1``, its activation ``bn1.act``), so module names, hooks and
 :mod:`course.stability_blocks` see the same network.
 
 :func:`symmetric_same_padding` also spares timm's TF-"same" convs (the stride-2 ones) the padded
-copy of their input, exactly (:class:`SymmetricSameConv2d`). ``create_model`` does both unless
-told ``fold_bn=False``.
+copy of their input, exactly (:class:`SymmetricSameConv2d`): 1.33× over timm's network in all.
+``create_model`` does both unless told ``fold_bn=False``.
 
 **A folded network cannot be trained as a batch-norm network**: there are no batch statistics
 and no running averages any more, only a conv with a bias. Fine-tuning the last layer
@@ -54,7 +56,8 @@ class FoldedBatchNorm(nn.Module):
 
 def conv_bn_pairs(net: nn.Module, input_shape=(1, 3, 64, 64)) -> list[tuple[str, str]]:
     """``(conv name, batch-norm name)`` for every ``BatchNorm2d`` whose input is exactly the output
-    of a ``Conv2d`` (the same tensor, not modified in place in between), found on one forward pass on zeros in evaluation mode."""
+    of a ``Conv2d`` (the same tensor, not modified in place in between), found on one forward
+    pass on zeros in evaluation mode."""
     if not any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
         return []
     names = {id(m): n for n, m in net.named_modules()}
