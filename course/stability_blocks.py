@@ -32,6 +32,11 @@ and each block is a chain of conv + batch-norm (+ activation) layers, e.g. an In
 - **global average pooling** over H×W is linear with norm ``1/√(HW)``; the classifier's is
   ``‖W‖₂``.
 
+A network whose batch norms are already folded into its convs (:mod:`course.imagenet.fold`, what
+``course.imagenet.create_model`` gives by default) has the same units, layers, names and bounds
+(to float32 rounding): each conv is then paired with the :class:`~course.imagenet.fold.FoldedBatchNorm`
+left in its batch norm's place, with ``bn=None``.
+
 Squeeze-excitation (EfficientNet-B0, MobileNetV3) multiplies activations by a function of
 themselves and is not handled: :func:`block_bounds` says so rather than return a wrong bound.
 
@@ -72,7 +77,10 @@ __all__ = ["BlockBound", "ConvBN", "LayerCheck", "block_bounds", "conv_bn_bound"
 
 # timm's containers whose forward is the chain of their conv + BN (+ act) layers (+ the skip).
 _CHAINS = {"DepthwiseSeparableConv", "InvertedResidual", "EdgeResidual", "ConvBnAct",
-           "BatchNormAct2d", "Sequential"}
+           "BatchNormAct2d", "Sequential", "FoldedBatchNorm"}
+# What course.imagenet.fold leaves of a batch norm folded into its conv (only its activation):
+# paired with the conv like a batch norm, with bn=None (the scale is in the conv's kernel).
+_FOLDED = "FoldedBatchNorm"
 # Modules that are the identity at evaluation.
 _IDENTITIES = (nn.Identity, nn.Dropout)
 _IDENTITY_NAMES = {"DropPath"}
@@ -83,7 +91,7 @@ class ConvBN(NamedTuple):
 
     name: str               # e.g. "blocks.1.0.conv_dw+bn2"
     conv: nn.Conv2d
-    bn: nn.Module | None    # None when the conv has no batch norm after it
+    bn: nn.Module | None    # None when the conv has no batch norm after it, or it is folded in
     input_shape: tuple      # what the conv saw on the dummy pass, (1, C, H, W)
     output_shape: tuple     # what it produced, (1, D, O_h, O_w)
 
@@ -164,6 +172,10 @@ def conv_bn_layers(model: nn.Module, input_shape: Sequence[int]) -> list[ConvBN]
     One forward pass on zeros (in eval mode, restored after) with hooks on every Conv2d, batch
     norm and activation records the order and the shapes; a batch norm is paired with the conv
     that ran just before it, in the same module.
+
+    A network whose batch norms are folded into its convs (``create_model(fold_bn=True)``, the
+    default) gives the same layers under the same names, each with ``bn=None``: the conv's
+    kernel already holds the scale, and every bound is the same to float32 rounding.
     """
     return [r for r in _trace(model, input_shape) if isinstance(r, ConvBN)]
 
@@ -378,18 +390,19 @@ def _trace(model: nn.Module, input_shape: Sequence[int]) -> list:
 
     watched = [m for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm))
-               or type(m) in ACTIVATION_LIPSCHITZ]
+               or type(m) in ACTIVATION_LIPSCHITZ or type(m).__name__ == _FOLDED]
     dry_run(model, x, [m.register_forward_pre_hook(before) for m in watched]
             + [m.register_forward_hook(after) for m in watched])
 
     records, pending = [], None  # pending: a conv waiting for its batch norm
     for name, module, shape_in, shape_out in events:
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        folded = type(module).__name__ == _FOLDED
+        if folded or isinstance(module, nn.modules.batchnorm._BatchNorm):
             if pending is None or pending[0].rpartition(".")[0] != name.rpartition(".")[0]:
                 raise NotImplementedError(f"Batch norm {name} does not follow a conv in the "
                                           f"same module; it cannot be folded.")
             records.append(ConvBN(f"{pending[0]}+{name.rpartition('.')[2]}", pending[1],
-                                  module, pending[2], pending[3]))
+                                  None if folded else module, pending[2], pending[3]))
             pending = None
             continue
         if pending is not None:  # a conv with no batch norm after it

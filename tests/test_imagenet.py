@@ -326,25 +326,55 @@ def test_synthetic_imagefolder(no_env, monkeypatch, tmp_path):
 
 def test_batch_size_follows_memory(monkeypatch):
     net = _toy()
+    monkeypatch.setattr(memory, "kept_heap_bytes", lambda: None)
     assert 1 <= memory.auto_batch_size(net, (3, 8, 8), cap=64) <= 64
     monkeypatch.setattr(memory, "available_memory", lambda device=None: 10_000)
     assert memory.auto_batch_size(net, (3, 8, 8), cap=64) < 64
     monkeypatch.setattr(memory, "available_memory", lambda device=None: 1)
     assert memory.auto_batch_size(net, (3, 8, 8)) == 1
+    monkeypatch.undo()
     assert memory.available_memory("cpu") > 0
 
 
-def test_threads_are_restored():
-    before = torch.get_num_threads()
-    with memory.threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
+def test_activation_bytes_counts_each_tensor_once():
+    """Conv (4×6×6 floats) → in-place ReLU and an Identity (the same memory) → flatten (a view:
+    the same memory) → linear (5): plus the input (3×8×8)."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Identity(), nn.Flatten(), nn.Linear(144, 5))
+    assert memory.activation_bytes(net, (3, 8, 8)) == 4 * (3 * 8 * 8 + 4 * 6 * 6 + 5)
 
 
-def test_keep_freed_memory_sets_glibc():
+def test_batch_size_stays_under_what_glibc_keeps(monkeypatch):
+    """With freed memory kept (2 GiB − 1 in a running process), a batch's activations stay under
+    it, however much RAM is free: 10 MiB an image → 204 images, 25 with backward (×8); on a GPU the
+    allocator is not glibc's."""
+    net = _toy()
+    monkeypatch.setattr(memory, "activation_bytes", lambda model, shape: 10 << 20)
+    monkeypatch.setattr(memory, "available_memory", lambda device=None: 1 << 40)
+    monkeypatch.setattr(memory, "kept_heap_bytes", lambda: 2 ** 31 - 1)
+    assert memory.auto_batch_size(net, (3, 8, 8), cap=10_000) == 204
+    assert memory.auto_batch_size(net, (3, 8, 8), cap=10_000, backward=True) == 25
+    assert memory.auto_batch_size(net, (3, 8, 8), cap=100) == 100
+    monkeypatch.setattr(memory, "kept_heap_bytes", lambda: None)      # the default allocator: RAM decides
+    assert memory.auto_batch_size(net, (3, 8, 8), cap=10_000) == 10_000
+
+
+def test_keep_freed_memory_sets_glibc(monkeypatch):
     import platform
 
-    assert memory.keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setattr(memory, "_KEPT", None)
+    assert memory.kept_heap_bytes() is None
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert memory.keep_freed_memory() is glibc
+    assert memory.kept_heap_bytes() == (2 ** 31 - 1 if glibc else None)   # mallopt's int: its maximum
+    # a larger threshold from the start (MALLOC_ENV: a size_t) is left in place, and is what counts
+    assert int(memory.MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]) > 2 ** 31 and memory.MALLOC_ENV["MALLOC_MMAP_MAX_"] == "0"
+    monkeypatch.setattr(memory, "_KEPT", None)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", memory.MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"])
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    assert memory.kept_heap_bytes() == 1 << 36
+    if glibc:
+        assert memory.keep_freed_memory() and memory.kept_heap_bytes() == 1 << 36
 
 
 # --- gradient ascent's rate, fine-tuning a 1001st class ---------------------------------------------
@@ -381,13 +411,15 @@ def test_fine_tune_with_a_fooling_class(no_env, tmp_path):
         fine_tune_fooling_class(net, real.images, None, fooling, progress=False)
 
 
-def test_the_network_stays_in_evaluation_mode_through_the_library(lite0):
+def test_the_network_stays_in_evaluation_mode_through_the_library():
     """A fresh wrapper (CropScorer starts like any nn.Module) must not leave the network in training
-    mode: its batch norms would then use each batch's statistics and overwrite their running ones."""
+    mode: its batch norms would then use each batch's statistics and overwrite their running ones.
+    (With its batch norms: folded, there are none to overwrite.)"""
     from course.evolution import CPPNEncoding, map_elites
     from course.fooling import gradient_ascent
     from course.modes import evaluating
 
+    lite0 = im.create_model("efficientnet_lite0", device="cpu", fold_bn=False)
     wrapper = nn.Sequential(lite0)           # starts in training mode, the network inside in eval
     assert wrapper.training and not lite0.net.training
     before = lite0.net.bn1.running_mean.clone()

@@ -144,7 +144,7 @@ def test_tf_same_padding_by_hand():
 
 def _check_layer(conv, bn, n):
     weight = fold_bn(conv, bn).double()
-    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().view(-1, 1, 1)
+    scale = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).detach().view(-1, 1, 1)  # in float64: the 1e-9 below
     conv64 = conv.double()
     bias = conv64.bias.detach().view(-1, 1, 1) if conv64.bias is not None else 0.0
     real = lambda x: scale * (conv64(x) - bias)
@@ -306,6 +306,30 @@ def test_power_iteration_check_random_lite0():
         assert c.fft_bound >= c.power_iteration * (1 - 1e-6), c
         assert c.rel_diff < 1e-3, c
     assert "conv_stem+bn1" in format_checks(checks)
+
+
+def test_folded_batch_norms_give_the_same_bounds():
+    """course.imagenet.fold's network (BN folded into the convs): same units, layer names and
+    bounds, and the same per-layer check, as the network with its batch norms."""
+    from course.imagenet.fold import fold_batch_norms
+
+    model = _random_lite0(seed=2)
+    folded = fold_batch_norms(model, (1, 3, 32, 32))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    size = (1, 3, 32, 32)
+    want, got = block_bounds(model, size), block_bounds(folded, size)
+    assert [(u.name, u.kind) for u in got] == [(u.name, u.kind) for u in want]
+    for a, b in zip(want, got):
+        assert [layer.name for layer in b.layers] == [layer.name for layer in a.layers]
+        for la, lb in zip(a.layers, b.layers):
+            assert lb.bound == pytest.approx(la.bound, rel=1e-5), (la, lb)
+    assert network_bound(got) == pytest.approx(network_bound(want), rel=1e-4)
+    layers = conv_bn_layers(folded, size)
+    assert all(layer.bn is None for layer in layers) and len(layers) == 49
+    assert layers[0].name == "conv_stem+bn1"
+    (a,), (b,) = (power_iteration_check(m, size, iters=20)[:1] for m in (model, folded))
+    assert b.fft_bound == pytest.approx(a.fft_bound, rel=1e-5)
+    assert b.power_iteration == pytest.approx(a.power_iteration, rel=1e-4)
 
 
 # --- the real network -----------------------------------------------------------------------------

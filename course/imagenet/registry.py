@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import weights as W
+from .fold import FoldedBatchNorm, fold_batch_norms, symmetric_same_padding
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -192,6 +193,11 @@ class ImageNetModel(nn.Module):
         return f"{self.spec.name}:{'untrained' if self.untrained else self.weights}"
 
     @property
+    def folded(self) -> bool:
+        """Whether the batch norms are folded into the convolutions (``create_model(fold_bn=True)``)."""
+        return any(isinstance(m, FoldedBatchNorm) for m in self.net.modules())
+
+    @property
     def input_size(self) -> int:
         return self.spec.input_size
 
@@ -212,7 +218,7 @@ class ImageNetModel(nn.Module):
 
 def create_model(name: str = DEFAULT_MODEL, pretrained: bool = True, *, device=None, path=None,
                  download: bool = True, channels_last: bool = True, precision: str = "float32",
-                 seed: int = 0) -> ImageNetModel:
+                 seed: int = 0, fold_bn: bool = True) -> ImageNetModel:
     """The ImageNet network ``name`` in evaluation mode, on ``device`` (default: the course's).
 
     ``pretrained=True`` loads its verified ImageNet weights, or raises
@@ -220,12 +226,26 @@ def create_model(name: str = DEFAULT_MODEL, pretrained: bool = True, *, device=N
     silent fallback); ``pretrained=False`` gives the library's random initialisation, seeded,
     labelled UNTRAINED. ``path`` and ``download`` apply to AlexNet (a file, and whether to try
     download.pytorch.org when nothing is on disk).
+
+    ``fold_bn=True`` (the default) folds every batch norm into the convolution before it
+    (:func:`~course.imagenet.fold.fold_batch_norms`): the same function at evaluation (logits
+    within ~1e-6, the same input gradients), about 1.25× faster on a CPU, and module names are
+    kept (``bn1`` becomes a :class:`~course.imagenet.fold.FoldedBatchNorm` holding only its
+    activation); timm's TF-"same" convs also pad without copying their input when no gradient
+    is recorded (:class:`~course.imagenet.fold.SymmetricSameConv2d`, the same outputs, 1.1-1.2×
+    faster again). The network comes frozen and in evaluation mode, and everything the course does
+    with it (scoring, L-BFGS, gradient ascent, MAP-Elites, the Lipschitz bounds, a new last
+    layer trained on its features) works folded. ``fold_bn=False`` keeps the batch norms: for
+    studying or fine-tuning them (a folded network cannot be trained as a batch-norm network).
+    A network without batch norm (AlexNet) is the same either way.
     """
     from ..device import get_device
 
     spec = get_spec(name)
     net = build(spec, seed)
     source = load_weights(spec, net, path=path, download=download) if pretrained else W.UNTRAINED
+    if fold_bn:
+        net = symmetric_same_padding(fold_batch_norms(net, (1, 3, 64, 64)))
     model = ImageNetModel(net, spec, source, channels_last=channels_last, precision=precision)
     return model.eval().requires_grad_(False).to(get_device() if device is None else torch.device(device))
 
