@@ -153,16 +153,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "imagenet.bounds.power_iters": 50,
         "imagenet.cppn.image_size": 224,
         "imagenet.cppn.ten_crop": False,
-        "imagenet.cppn.initial": 300,
-        "imagenet.cppn.offspring": 300,
-        "imagenet.cppn.generations": 150,
+        "imagenet.cppn.initial": 400,
+        "imagenet.cppn.offspring": 400,  # the paper's
+        "imagenet.cppn.generations": 340,  # 136,400 images (the paper: 2,000,400)
         "imagenet.direct.generations": 10,
         "imagenet.ascent.n_classes": 12,
         "imagenet.ascent.steps": 80,
         "imagenet.ascent.rms_step": 0.02,
         "imagenet.retrain.photo_crops": 16,
         "imagenet.retrain.epochs": 10,
-        "imagenet.retrain.generations": 50,
+        "imagenet.retrain.generations": 40,
     },
     "paper": {
         "data.n_train": None,
