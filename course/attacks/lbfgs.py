@@ -145,11 +145,8 @@ def _direction(g: torch.Tensor, proj: torch.Tensor, S: torch.Tensor, Y: torch.Te
 
     A variable is free where the projected gradient step ``proj`` is not 0. Row a's pairs are in
     memory row ``mem[a]`` of S, Y (m, M, D) and rho (m, M) (``mem`` None: row a is memory row a);
-    ``order`` lists the filled slots newest first, ``H₀ = γ I`` with ``gamma`` (A,). Compiled on a
-    CPU (:mod:`course.attacks.lbfgs_cpu`); elsewhere these tensor ops, which are the reference.
+    ``order`` lists the filled slots newest first, ``H₀ = γ I`` with ``gamma`` (A,).
     """
-    if lbfgs_cpu.available(g, proj, S, Y, rho, gamma):
-        return lbfgs_cpu.direction(g, proj, S, Y, rho, gamma, order, mem)
     free = proj.sign().abs_()  # a 0/1 float mask: masks are used by multiplying
     if mem is not None:
         S, Y, rho = S.index_select(1, mem), Y.index_select(1, mem), rho.index_select(1, mem)
@@ -164,10 +161,8 @@ def _pair(x_new: torch.Tensor, x: torch.Tensor, g_new: torch.Tensor, g: torch.Te
     (free where ``proj``, the old projected gradient step, is not 0) into slot ``slot`` of the
     rows' memory (``mem`` as in :func:`_direction`); return ``s·y``, ``y·y`` (A,), the new
     projected gradient step ``clip(x⁺ − g⁺) − x⁺`` (A, D) and its ∞-norm (A,). ``lo``, ``hi``:
-    the bounds, tensors (D,). Compiled on a CPU; elsewhere these tensor ops, the reference.
+    the bounds, tensors (D,).
     """
-    if lbfgs_cpu.available(x_new, x, g_new, g, proj, lo, hi, S, Y):
-        return lbfgs_cpu.pair(x_new, x, g_new, g, proj, lo, hi, S, Y, slot, mem)
     s = x_new - x
     y = (g_new - g).mul_(proj.sign().abs_())
     if mem is None:
@@ -221,8 +216,11 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
        change a lot, and leaving that change in y inflates ``y·y`` and so shrinks ``γ`` and every
        step. (Masking y this way took 20% fewer evaluations on the MNIST attack, same minima.)
 
-    On a CPU with numba installed steps 1–2 and 4–5 run compiled, one problem at a time
-    (:mod:`course.attacks.lbfgs_cpu`); elsewhere they are tensor ops over the whole batch.
+    On a CPU with numba installed the whole loop runs compiled, one problem at a time between two
+    evaluations, and a problem's backtracking steps join the other problems' next evaluation
+    instead of extra small batches (:func:`course.attacks.lbfgs_cpu.minimise`: every problem
+    sees the same points, in fewer, larger evaluations); elsewhere (a GPU) it is these tensor ops
+    over the whole batch, the reference.
 
     ``workspace``, optional: a list in which the L-BFGS memory buffers are kept, to be reused by
     the next call given the same list (an attack runs several in a row): fresh buffers of tens of
@@ -252,6 +250,10 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
     if (lo > hi).any():
         raise ValueError("Some lower bound is above its upper bound.")
     bounds = [v.expand(D).contiguous() for v in (lo, hi)]  # (D,) each, for _pair
+    if lbfgs_cpu.available(x0, *bounds):
+        return LBFGSBResult(*lbfgs_cpu.minimise(fun, x0.detach(), *bounds, max_iter, history, ftol, pgtol,
+                                                max_ls, armijo, workspace if workspace is not None else [],
+                                                _value_and_grad))
     if lo.dim() == 0 and hi.dim() == 0:
         lo, hi = lo.item(), hi.item()  # plain numbers make clamp faster
     eps = torch.finfo(x0.dtype).eps
