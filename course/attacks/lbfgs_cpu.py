@@ -151,8 +151,23 @@ def _retire(r, x, f, k, conv, x_out, f_out, it_out, conv_out):  # pragma: no cov
 
 
 @_jit
+def _add_penalty(fv, g, x, center, weight):  # pragma: no cover - numba
+    """fv + weight·‖x − center‖², and its gradient 2·weight·(x − center) added to g (in place)."""
+    zero = x.dtype.type(0.0)
+    w = x.dtype.type(weight)
+    two_w = x.dtype.type(2.0 * weight)
+    pen = zero
+    for jj in range(x.shape[0]):
+        r = x[jj] - center[jj]
+        pen += r * r
+        g[jj] += two_w * r
+    return fv + w * pen
+
+
+@_jit
 def _start(A, f0, g0, X, G, P, XT, DD, f, gamma, k, t, st, ls, rows, S, Y, rho, lo, hi,
-           x_out, f_out, it_out, conv_out, max_iter, pgtol, order, alpha):  # pragma: no cover
+           x_out, f_out, it_out, conv_out, max_iter, pgtol, order, alpha, center, weight,
+           has_penalty):  # pragma: no cover
     """After the first evaluation (f0, g0 at X): the projected gradient step, γ = 1/‖g‖, the first
     trial point of every problem; problems already converged (or max_iter = 0) retire. Returns
     the number of problems left, compacted to the front of the state arrays."""
@@ -162,6 +177,8 @@ def _start(A, f0, g0, X, G, P, XT, DD, f, gamma, k, t, st, ls, rows, S, Y, rho, 
     for a in range(A):
         r = rows[a]
         x, g, p = X[a], g0[a], P[a]
+        if has_penalty:
+            f0[a] = _add_penalty(f0[a], g, x, center[r], weight[r])
         big, gg = zero, zero
         for jj in range(D):
             v = _clip(x[jj] - g[jj], lo[jj], hi[jj]) - x[jj]
@@ -187,7 +204,7 @@ def _start(A, f0, g0, X, G, P, XT, DD, f, gamma, k, t, st, ls, rows, S, Y, rho, 
 @_jit
 def _advance(A, ft, gt, X, G, P, XT, DD, f, gamma, k, t, st, ls, rows, S, Y, rho, lo, hi,
              x_out, f_out, it_out, conv_out, max_iter, max_ls, ftol, pgtol, armijo, eps,
-             order, alpha):  # pragma: no cover - numba
+             order, alpha, center, weight, has_penalty):  # pragma: no cover - numba
     """Everything between two evaluations, for each of the A problems in the batch (their trial
     points XT evaluated: values ft, gradients gt): accept or backtrack, store the pair, test for
     convergence, retire or compute the next trial point. Returns the problems left (compacted)."""
@@ -197,8 +214,10 @@ def _advance(A, ft, gt, X, G, P, XT, DD, f, gamma, k, t, st, ls, rows, S, Y, rho
     j = 0
     for a in range(A):
         r = rows[a]
-        fa, fta, sta, ka = f[a], ft[a], st[a], k[a]
         x, g, p, xt, gn = X[a], G[a], P[a], XT[a], gt[a]
+        if has_penalty:  # the quadratic term, added to the network's value and gradient
+            ft[a] = _add_penalty(ft[a], gn, xt, center[r], weight[r])
+        fa, fta, sta, ka = f[a], ft[a], st[a], k[a]
         if fta <= fa + armijo * sta:
             # Accepted: the pair into this iteration's ring slot, the next projected gradient step;
             # the new point and its gradient move to row j (j ≤ a: rows already consumed).
@@ -297,9 +316,11 @@ def _keep(buf: torch.Tensor) -> None:
 
 
 def minimise(fun, x0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, max_iter: int, history: int,
-             ftol: float, pgtol: float, max_ls: int, armijo: float, workspace: list, value_and_grad):
+             ftol: float, pgtol: float, max_ls: int, armijo: float, workspace: list, value_and_grad,
+             penalty=None):
     """:func:`course.attacks.lbfgs.lbfgsb_batched` on a CPU (its arguments; ``lo``, ``hi`` tensors
-    (D,), ``x0`` passing :func:`available`). Returns x, f, iterations, converged, n_evals, n_rows."""
+    (D,), ``x0`` passing :func:`available`, ``penalty`` None or contiguous (center, weight) of its
+    dtype). Returns x, f, iterations, converged, n_evals, n_rows."""
     B, D = x0.shape
     dtype = x0.dtype
     m = history
@@ -326,15 +347,19 @@ def minimise(fun, x0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, max_iter
     state = [a.numpy() for a in (X, G, P, XT, DD, f, gamma, k, t, st, ls, rows, S, Y, rho)]
     outs = [a.numpy() for a in (x_out, f_out, it_out, conv_out)]
     eps = float(torch.finfo(dtype).eps)
+    if penalty is None:
+        pen = (np.zeros((1, D), dtype=outs[0].dtype), np.zeros(1, dtype=outs[0].dtype), False)
+    else:
+        pen = (penalty[0].numpy(), penalty[1].numpy(), True)
 
     X.copy_(x_out)
     f0, g0 = value_and_grad(fun, X, rows)
     n_evals, n_rows = 1, B
-    A = _start(B, f0.numpy(), g0.contiguous().numpy(), *state, lo_n, hi_n, *outs, max_iter, pgtol, order, alpha)
+    A = _start(B, f0.numpy(), g0.contiguous().numpy(), *state, lo_n, hi_n, *outs, max_iter, pgtol, order, alpha, *pen)
     while A > 0:
         ft, gt = value_and_grad(fun, XT[:A], rows[:A])
         n_evals, n_rows = n_evals + 1, n_rows + A
         A = _advance(A, ft.contiguous().numpy(), gt.contiguous().numpy(), *state, lo_n, hi_n, *outs,
-                     max_iter, max_ls, ftol, pgtol, armijo, eps, order, alpha)
+                     max_iter, max_ls, ftol, pgtol, armijo, eps, order, alpha, *pen)
     _keep(buf)
     return x_out, f_out, it_out, conv_out, n_evals, n_rows
