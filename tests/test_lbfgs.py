@@ -97,6 +97,30 @@ def test_compiled_loop_equals_the_tensor_version(history, monkeypatch):
     assert compiled.n_evals < tensor.n_evals
 
 
+def test_penalty_is_the_quadratic_term_added_to_fun(optimiser_path):
+    """``penalty=(center, weight)`` minimises fun + weight·‖x − center‖², as if the term were in fun."""
+    gen = torch.Generator().manual_seed(2)
+    B, D = 5, 30
+    a = torch.randn(B, D, generator=gen, dtype=torch.float64)
+    center = torch.rand(B, D, generator=gen, dtype=torch.float64)
+    weight = torch.logspace(-2, 1, B, dtype=torch.float64)
+
+    def fun(x, rows):
+        return torch.logsumexp(torch.stack([(x * a[rows]).sum(1), -0.5 * x.sum(1)]), 0)  # smooth, not quadratic
+
+    def full(x, rows):
+        return fun(x, rows) + weight[rows] * ((x - center[rows]) ** 2).sum(1)
+
+    kw = dict(max_iter=100, ftol=1e-14, pgtol=1e-10)
+    x0 = torch.full((B, D), 0.5, dtype=torch.float64)
+    got = lbfgsb_batched(fun, x0, 0.0, 1.0, penalty=(center, weight), **kw)
+    want = lbfgsb_batched(full, x0, 0.0, 1.0, **kw)
+    torch.testing.assert_close(got.x, want.x, rtol=0, atol=1e-7)
+    torch.testing.assert_close(got.f, want.f, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="penalty"):
+        lbfgsb_batched(fun, x0, 0.0, 1.0, penalty=(center[:2], weight))
+
+
 def test_compiled_loop_only_takes_what_it_can():
     from course.attacks import lbfgs_cpu
     pytest.importorskip("numba")

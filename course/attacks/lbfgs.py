@@ -232,6 +232,8 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
     ``workspace``, optional: a list in which the L-BFGS memory buffers are kept, to be reused by
     the next call given the same list (an attack runs several in a row): fresh buffers of tens of
     megabytes cost page faults, about as much as an evaluation. Anything in it may be overwritten.
+    The compiled CPU loop also keeps its buffer (up to 1 GiB) for the calling thread's next call,
+    whatever its workspace; :func:`course.attacks.lbfgs_cpu.release` frees it.
 
     A problem stops when its projected gradient ``‖clip(x − g) − x‖∞ ≤ pgtol`` or its value
     decreases by less than ``ftol · max(|f|, |f⁺|, 1)`` (scipy's L-BFGS-B uses the same two tests,
