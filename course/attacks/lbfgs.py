@@ -235,6 +235,10 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
     The compiled CPU loop also keeps its buffer (up to 1 GiB) for the calling thread's next call,
     whatever its workspace; :func:`course.attacks.lbfgs_cpu.release` frees it.
 
+    Where no acceptable step is found (or the step promises less than the rounding error of f),
+    the memory is forgotten and the iteration restarts with scaled steepest descent, as in scipy's
+    L-BFGS-B; only a problem whose memory was already empty stops there.
+
     A problem stops when its projected gradient ``‖clip(x − g) − x‖∞ ≤ pgtol`` or its value
     decreases by less than ``ftol · max(|f|, |f⁺|, 1)`` (scipy's L-BFGS-B uses the same two tests,
     with ``ftol = factr · eps``), when the decrease a step promises is below the rounding error of
@@ -370,6 +374,11 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
             still = ~(ok | gone)
             idx, end = idx[still], end[still]
         failed = searching | stalled                # no acceptable step: stay at x
+        # A quasi-Newton direction along which no acceptable step was found: forget the memory and
+        # restart from x with scaled steepest descent (as scipy's L-BFGS-B does); a problem whose
+        # memory is already empty stops. (On a plateau of the cross-entropy a stale memory gives
+        # directions that promise almost nothing; stopping there left attacks unfinished.)
+        restart = failed & (rho.index_select(1, rows) != 0).any(0)
         back = failed.nonzero().squeeze(1)
         if len(back):
             x_new[back], g_new[back], f_new[back] = take(x, back), take(g, back), take(f, back)
@@ -384,6 +393,10 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         else:
             rho[slot].index_copy_(0, mem, r)
         gamma = torch.where(good, sy / yy.clamp_min(1e-30), gamma)
+        ri = restart.nonzero().squeeze(1)
+        if len(ri):
+            rho.index_fill_(1, take(rows, ri), 0.0)
+            gamma[ri] = 1.0 / take(g, ri).norm(dim=1).clamp_min(1e-12)
         slots = [slot] + [i for i in slots if i != slot][: history - 1]
         # Move, then test for convergence.
         f_old = f
@@ -391,7 +404,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         iters += (~failed).long()
         small_decrease = (f_old - f) <= ftol * torch.maximum(f_old.abs(), f.abs()).clamp_min(1.0)
         conv = (((pg <= pgtol) | small_decrease) & ~failed) | stalled
-        done = conv | searching
+        done = (conv | searching) & ~restart
     return LBFGSBResult(x_out, f_out, it_out, conv_out, n_evals, n_rows)
 
 

@@ -15,7 +15,8 @@ sweep over the problems**, each problem's data handled while it sits in the core
   iteration by the two-loop recursion over the problem's pairs (each axpy fused with the next dot
   product), the next trial point ``clip(x + d)`` and the decrease it promises;
 - on rejection: the cubic backtracking step (:func:`course.attacks.lbfgs._backtrack_factor`)
-  and the shorter trial point;
+  and the shorter trial point; where the line search has failed, the memory is forgotten and the
+  problem restarts with scaled steepest descent (or stops, when its memory was already empty);
 - a finished problem is written to the results and dropped from the batch (the batch is
   compacted in place, in order).
 
@@ -252,11 +253,28 @@ def _advance(A, ft, gt, X, G, P, XT, DD, f, gamma, k, t, st, ls, rows, S, Y, rho
             j += 1
         else:
             noise = 4.0 * eps * max(abs(fa), 1.0)  # a change in f smaller than this is rounding
-            if not (-sta > noise):                 # nothing measurable left to gain: converged
-                _retire(r, x, fa, ka, True, x_out, f_out, it_out, conv_out)
-                continue
-            if ls[a] >= max_ls:                    # the line search failed: stay at x
-                _retire(r, x, fa, ka, False, x_out, f_out, it_out, conv_out)
+            stalled = not (-sta > noise)           # nothing measurable left to gain: converged
+            if stalled or ls[a] >= max_ls:         # ... or the line search failed: stay at x
+                has_memory = False
+                for i in range(m):
+                    has_memory = has_memory or rho[i, r] != zero
+                if not has_memory:
+                    _retire(r, x, fa, ka, stalled, x_out, f_out, it_out, conv_out)
+                    continue
+                # Forget the memory; restart from x with scaled steepest descent (gamma = 1/|g|).
+                gg = zero
+                for i in range(m):
+                    rho[i, r] = zero
+                if j != a:
+                    X[j, :] = x
+                    G[j, :] = g
+                    P[j, :] = p
+                for jj in range(D):
+                    gg += g[jj] * g[jj]
+                gam = 1.0 / max(math.sqrt(gg), 1e-12)
+                f[j], gamma[j], k[j], t[j], ls[j], rows[j] = fa, gam, ka, 1.0, 1, r
+                st[j] = _trial(j, r, ka, X, G, P, XT, DD, gam, S, Y, rho, lo, hi, order, alpha)
+                j += 1
                 continue
             # Backtrack: a shorter step along the same direction, evaluated with the next batch.
             end = zero
