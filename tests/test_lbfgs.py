@@ -59,51 +59,76 @@ class TwoClassLinear(nn.Module):
 
 # --- the optimiser --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_steps_equal_the_tensor_versions(dtype, monkeypatch):
-    """The numba loops (CPU) compute the same direction, slope, pair and projected step as the
-    tensor ops, for any slot order and with rows reading their pairs by index."""
+@pytest.mark.parametrize("history", [3, 10])
+def test_compiled_loop_equals_the_tensor_version(history, monkeypatch):
+    """The compiled CPU loop (numba) visits the same points as the tensor version: same minimisers,
+    values, iterations, convergence flags and single-problem evaluations, in float64, on problems
+    that backtrack, hit the bounds, wrap the memory's ring and finish at different iterations; only
+    the grouping of the evaluations into batches differs (fewer, larger batches)."""
     pytest.importorskip("numba")
     from course.attacks import lbfgs_cpu
-    from course.attacks.lbfgs import _direction, _pair
-
-    def tensor_version(f, *args):
-        with monkeypatch.context() as mp:
-            mp.setattr(lbfgs_cpu, "available", lambda *tensors: False)
-            return f(*args)
 
     gen = torch.Generator().manual_seed(0)
-    m, M, A, D = 5, 9, 6, 33
-    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype)  # noqa: E731
-    g, x, x_new, g_new = rand(A, D), rand(A, D).sigmoid(), rand(A, D).sigmoid(), rand(A, D)
-    proj = rand(A, D) * (rand(A, D) > 0)                               # zeros: variables held fixed
-    S = rand(m, M, D)
-    Y = S * 2 + 0.1 * rand(m, M, D)                                    # s·y > 0: a valid memory
-    rho = 1 / (S * Y).sum(2)
-    rho[1, :3] = 0.0                                                   # some empty slots
-    gamma = torch.rand(A, generator=gen, dtype=dtype) + 0.5
-    lo, hi = torch.zeros(D, dtype=dtype), torch.linspace(0.6, 1.0, D, dtype=dtype)
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
-    assert lbfgs_cpu.available(g, proj, S, Y, rho, gamma)
-    for mem in (None, torch.tensor([8, 0, 3, 4, 6, 7])):
-        Sm, Ym, rhom = (S, Y, rho) if mem is not None else (S[:, :A], Y[:, :A], rho[:, :A].contiguous())
-        Sm, Ym = Sm.contiguous(), Ym.contiguous()
-        for order in ([], [2], [4, 3, 2, 1, 0], [1, 0, 4, 3, 2]):
-            args = (g, proj, Sm, Ym, rhom, gamma, order, mem)
-            for got, want in zip(_direction(*args), tensor_version(_direction, *args)):
-                torch.testing.assert_close(got, want, **tol)
-            assert (_direction(*args)[0][proj == 0] == 0).all()        # fixed variables do not move
-        memories = [(Sm.clone(), Ym.clone()) for _ in range(2)]
-        got = _pair(x_new, x, g_new, g, proj, lo, hi, *memories[0], 3, mem)
-        want = tensor_version(_pair, x_new, x, g_new, g, proj, lo, hi, *memories[1], 3, mem)
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b, **tol)
-        for a, b in zip(memories[0], memories[1]):
-            torch.testing.assert_close(a, b, **tol)
-        rows = slice(None) if mem is None else mem
-        torch.testing.assert_close(memories[0][0][3][rows], x_new - x, **tol)
-    assert not lbfgs_cpu.available(g, S.transpose(1, 2).contiguous().transpose(1, 2))
-    assert not lbfgs_cpu.available(g.float() if dtype == torch.float64 else g.double(), S)
+    B, D, H = 12, 50, 16
+    W1 = torch.randn(D, H, generator=gen, dtype=torch.float64) * 0.5
+    W2 = torch.randn(H, 4, generator=gen, dtype=torch.float64)
+    x0 = torch.rand(B, D, generator=gen, dtype=torch.float64)
+    target = torch.arange(B) % 4
+    c = torch.logspace(-3, 1, B, dtype=torch.float64)       # weak to strong pull back: short and long runs
+
+    def fun(x, rows):
+        logits = torch.tanh(x @ W1) @ W2 * 3
+        return c[rows] * ((x - x0[rows]) ** 2).sum(1) + F.cross_entropy(logits, target[rows], reduction="none")
+
+    kw = dict(max_iter=60, history=history, ftol=1e-12, pgtol=1e-9)
+    assert lbfgs_cpu.available(x0)
+    compiled = lbfgsb_batched(fun, x0, 0.0, 1.0, **kw)
+    with monkeypatch.context() as mp:
+        mp.setattr(lbfgs_cpu, "available", lambda *tensors: False)
+        tensor = lbfgsb_batched(fun, x0, 0.0, 1.0, **kw)
+    assert len(set(tensor.iterations.tolist())) > 3                    # problems finish at different times
+    assert tensor.n_rows > tensor.iterations.sum() + B                  # some steps were backtracked
+    assert ((tensor.x == 0) | (tensor.x == 1)).any()                    # some bounds are active
+    torch.testing.assert_close(compiled.x, tensor.x, rtol=0, atol=1e-9)
+    torch.testing.assert_close(compiled.f, tensor.f, rtol=1e-12, atol=1e-12)
+    assert torch.equal(compiled.iterations, tensor.iterations)
+    assert torch.equal(compiled.converged, tensor.converged)
+    assert compiled.n_rows == tensor.n_rows
+    assert compiled.n_evals < tensor.n_evals
+
+
+def test_penalty_is_the_quadratic_term_added_to_fun(optimiser_path):
+    """``penalty=(center, weight)`` minimises fun + weight·‖x − center‖², as if the term were in fun."""
+    gen = torch.Generator().manual_seed(2)
+    B, D = 5, 30
+    a = torch.randn(B, D, generator=gen, dtype=torch.float64)
+    center = torch.rand(B, D, generator=gen, dtype=torch.float64)
+    weight = torch.logspace(-2, 1, B, dtype=torch.float64)
+
+    def fun(x, rows):
+        return torch.logsumexp(torch.stack([(x * a[rows]).sum(1), -0.5 * x.sum(1)]), 0)  # smooth, not quadratic
+
+    def full(x, rows):
+        return fun(x, rows) + weight[rows] * ((x - center[rows]) ** 2).sum(1)
+
+    kw = dict(max_iter=100, ftol=1e-14, pgtol=1e-10)
+    x0 = torch.full((B, D), 0.5, dtype=torch.float64)
+    got = lbfgsb_batched(fun, x0, 0.0, 1.0, penalty=(center, weight), **kw)
+    want = lbfgsb_batched(full, x0, 0.0, 1.0, **kw)
+    torch.testing.assert_close(got.x, want.x, rtol=0, atol=1e-7)
+    torch.testing.assert_close(got.f, want.f, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="penalty"):
+        lbfgsb_batched(fun, x0, 0.0, 1.0, penalty=(center[:2], weight))
+
+
+def test_compiled_loop_only_takes_what_it_can():
+    from course.attacks import lbfgs_cpu
+    pytest.importorskip("numba")
+    x = torch.zeros(3, 4)
+    assert lbfgs_cpu.available(x, torch.zeros(4))
+    assert not lbfgs_cpu.available(x.t())                               # not contiguous
+    assert not lbfgs_cpu.available(x, x.double())                       # mixed dtypes
+    assert not lbfgs_cpu.available(x.half())
 
 
 def test_backtracking_step_is_the_minimiser_of_the_cubic_fit():

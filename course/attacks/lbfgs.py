@@ -145,11 +145,8 @@ def _direction(g: torch.Tensor, proj: torch.Tensor, S: torch.Tensor, Y: torch.Te
 
     A variable is free where the projected gradient step ``proj`` is not 0. Row a's pairs are in
     memory row ``mem[a]`` of S, Y (m, M, D) and rho (m, M) (``mem`` None: row a is memory row a);
-    ``order`` lists the filled slots newest first, ``H₀ = γ I`` with ``gamma`` (A,). Compiled on a
-    CPU (:mod:`course.attacks.lbfgs_cpu`); elsewhere these tensor ops, which are the reference.
+    ``order`` lists the filled slots newest first, ``H₀ = γ I`` with ``gamma`` (A,).
     """
-    if lbfgs_cpu.available(g, proj, S, Y, rho, gamma):
-        return lbfgs_cpu.direction(g, proj, S, Y, rho, gamma, order, mem)
     free = proj.sign().abs_()  # a 0/1 float mask: masks are used by multiplying
     if mem is not None:
         S, Y, rho = S.index_select(1, mem), Y.index_select(1, mem), rho.index_select(1, mem)
@@ -164,10 +161,8 @@ def _pair(x_new: torch.Tensor, x: torch.Tensor, g_new: torch.Tensor, g: torch.Te
     (free where ``proj``, the old projected gradient step, is not 0) into slot ``slot`` of the
     rows' memory (``mem`` as in :func:`_direction`); return ``s·y``, ``y·y`` (A,), the new
     projected gradient step ``clip(x⁺ − g⁺) − x⁺`` (A, D) and its ∞-norm (A,). ``lo``, ``hi``:
-    the bounds, tensors (D,). Compiled on a CPU; elsewhere these tensor ops, the reference.
+    the bounds, tensors (D,).
     """
-    if lbfgs_cpu.available(x_new, x, g_new, g, proj, lo, hi, S, Y):
-        return lbfgs_cpu.pair(x_new, x, g_new, g, proj, lo, hi, S, Y, slot, mem)
     s = x_new - x
     y = (g_new - g).mul_(proj.sign().abs_())
     if mem is None:
@@ -192,7 +187,8 @@ def _buffers(workspace: list, n: int, size: int, like: torch.Tensor) -> list[tor
 def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
                    lower: float | torch.Tensor, upper: float | torch.Tensor, max_iter: int = 100,
                    history: int = 10, *, ftol: float = 2.2e-9, pgtol: float = 1e-5, max_ls: int = 20,
-                   armijo: float = 1e-4, workspace: list | None = None) -> LBFGSBResult:
+                   armijo: float = 1e-4, workspace: list | None = None,
+                   penalty: tuple[torch.Tensor, torch.Tensor] | None = None) -> LBFGSBResult:
     """Minimise B independent functions under bounds ``lower ≤ x ≤ upper``, all at once.
 
     ``fun(x, rows)`` takes a batch ``x`` (A, D) and the indices ``rows`` (A,) of the problems those
@@ -221,12 +217,27 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
        change a lot, and leaving that change in y inflates ``y·y`` and so shrinks ``γ`` and every
        step. (Masking y this way took 20% fewer evaluations on the MNIST attack, same minima.)
 
-    On a CPU with numba installed steps 1–2 and 4–5 run compiled, one problem at a time
-    (:mod:`course.attacks.lbfgs_cpu`); elsewhere they are tensor ops over the whole batch.
+    On a CPU with numba installed the whole loop runs compiled, one problem at a time between two
+    evaluations, and a problem's backtracking steps join the other problems' next evaluation
+    instead of extra small batches (:func:`course.attacks.lbfgs_cpu.minimise`: every problem
+    sees the same points, in fewer, larger evaluations); elsewhere (a GPU) it is these tensor ops
+    over the whole batch, the reference.
+
+    ``penalty``, optional: ``(center, weight)``, tensors (B, D) and (B,): problem i minimises
+    ``fun(x)_i + weight_i · ‖x − center_i‖²``, the quadratic term and its gradient computed here,
+    without autograd (on a CPU inside the compiled loop, in the same sweep as the rest): the same
+    objective as putting the term into ``fun``, for a fraction of its cost (the attack's distance
+    term costs a quarter of an MLP's forward + backward pass through autograd).
 
     ``workspace``, optional: a list in which the L-BFGS memory buffers are kept, to be reused by
     the next call given the same list (an attack runs several in a row): fresh buffers of tens of
     megabytes cost page faults, about as much as an evaluation. Anything in it may be overwritten.
+    The compiled CPU loop also keeps its buffer (up to 1 GiB) for the calling thread's next call,
+    whatever its workspace; :func:`course.attacks.lbfgs_cpu.release` frees it.
+
+    Where no acceptable step is found (or the step promises less than the rounding error of f),
+    the memory is forgotten and the iteration restarts with scaled steepest descent, as in scipy's
+    L-BFGS-B; only a problem whose memory was already empty stops there.
 
     A problem stops when its projected gradient ``‖clip(x − g) − x‖∞ ≤ pgtol`` or its value
     decreases by less than ``ftol · max(|f|, |f⁺|, 1)`` (scipy's L-BFGS-B uses the same two tests,
@@ -252,6 +263,26 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
     if (lo > hi).any():
         raise ValueError("Some lower bound is above its upper bound.")
     bounds = [v.expand(D).contiguous() for v in (lo, hi)]  # (D,) each, for _pair
+    if penalty is not None:
+        center, weight = penalty
+        if center.shape != (B, D) or weight.shape != (B,):
+            raise ValueError(f"penalty must be (center, weight) of shapes ({B}, {D}) and ({B},), got "
+                             f"{tuple(center.shape)} and {tuple(weight.shape)}.")
+        center, weight = center.detach().to(x0).contiguous(), weight.detach().to(x0).contiguous()
+    if lbfgs_cpu.available(x0, *bounds):
+        return LBFGSBResult(*lbfgs_cpu.minimise(fun, x0.detach(), *bounds, max_iter, history, ftol, pgtol,
+                                                max_ls, armijo, workspace if workspace is not None else [],
+                                                _value_and_grad, None if penalty is None else (center, weight)))
+
+    def evaluate(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f, g = _value_and_grad(fun, x, rows)
+        if penalty is not None:
+            c0, w = (center, weight) if len(rows) == B else (take(center, rows), take(weight, rows))
+            r = x - c0
+            f = f + w * rowdot(r, r)
+            g = g.add_(r.mul_(2 * w[:, None]))
+        return f, g
+
     if lo.dim() == 0 and hi.dim() == 0:
         lo, hi = lo.item(), hi.item()  # plain numbers make clamp faster
     eps = torch.finfo(x0.dtype).eps
@@ -267,7 +298,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
     # The state of the problems still running (the "active batch"): row j is problem rows[j].
     rows = torch.arange(B, device=x0.device)
     x = x_out.clone()
-    f, g = _value_and_grad(fun, x, rows)
+    f, g = evaluate(x, rows)
     n_evals, n_rows = 1, B
     # The L-BFGS memory: a ring of m slots of (s, y) pairs for every problem, S and Y (m, B, D),
     # rho (m, B). Problem rows[j] of the active batch keeps its pairs in memory row rows[j]: the
@@ -312,7 +343,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         # 3. Projected line search. First t = 1 for every problem...
         slot = k % history                          # the ring slot this iteration's pair goes to
         x_new = (x + d).clamp_(lo, hi)
-        f_new, g_new = _value_and_grad(fun, x_new, rows)
+        f_new, g_new = evaluate(x_new, rows)
         n_evals, n_rows = n_evals + 1, n_rows + len(rows)
         s = x_new - x
         step_slope = rowdot(g, s)                   # g·(x⁺ − x): the decrease the step promises
@@ -331,7 +362,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
             t[idx] *= _backtrack_factor(st, end, take(f_new, idx) - fx)
             xi = take(x, idx)
             xt = (xi + take(t, idx)[:, None] * take(d, idx)).clamp_(lo, hi)
-            ft, gt = _value_and_grad(fun, xt, take(rows, idx))
+            ft, gt = evaluate(xt, take(rows, idx))
             n_evals, n_rows = n_evals + 1, n_rows + len(idx)
             si = xt - xi
             st, end = rowdot(take(g, idx), si), rowdot(gt, si)
@@ -343,6 +374,11 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
             still = ~(ok | gone)
             idx, end = idx[still], end[still]
         failed = searching | stalled                # no acceptable step: stay at x
+        # A quasi-Newton direction along which no acceptable step was found: forget the memory and
+        # restart from x with scaled steepest descent (as scipy's L-BFGS-B does); a problem whose
+        # memory is already empty stops. (On a plateau of the cross-entropy a stale memory gives
+        # directions that promise almost nothing; stopping there left attacks unfinished.)
+        restart = failed & (rho.index_select(1, rows) != 0).any(0)
         back = failed.nonzero().squeeze(1)
         if len(back):
             x_new[back], g_new[back], f_new[back] = take(x, back), take(g, back), take(f, back)
@@ -357,6 +393,10 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         else:
             rho[slot].index_copy_(0, mem, r)
         gamma = torch.where(good, sy / yy.clamp_min(1e-30), gamma)
+        ri = restart.nonzero().squeeze(1)
+        if len(ri):
+            rho.index_fill_(1, take(rows, ri), 0.0)
+            gamma[ri] = 1.0 / take(g, ri).norm(dim=1).clamp_min(1e-12)
         slots = [slot] + [i for i in slots if i != slot][: history - 1]
         # Move, then test for convergence.
         f_old = f
@@ -364,7 +404,7 @@ def lbfgsb_batched(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0
         iters += (~failed).long()
         small_decrease = (f_old - f) <= ftol * torch.maximum(f_old.abs(), f.abs()).clamp_min(1.0)
         conv = (((pg <= pgtol) | small_decrease) & ~failed) | stalled
-        done = conv | searching
+        done = (conv | searching) & ~restart
     return LBFGSBResult(x_out, f_out, it_out, conv_out, n_evals, n_rows)
 
 
@@ -465,12 +505,23 @@ def _check_inputs(model: nn.Module, images: torch.Tensor, targets,
     return targets, labels
 
 
+def _cross_entropy(model: nn.Module, targets: torch.Tensor, image_shape: tuple[int, ...]):
+    """The network's part of :func:`attack_objective`, ``CE(model(x'), l)``; the distance term is
+    handed to the optimiser as its ``penalty`` (the same objective, computed without autograd)."""
+    def fun(x_adv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        t = targets if len(rows) == len(targets) else take(targets, rows)
+        return F.cross_entropy(model(x_adv.view(len(x_adv), *image_shape)), t, reduction="none")
+
+    return fun
+
+
 def _run(model, x, targets, c, image_shape, max_iter, history, ftol, pgtol, start=None, workspace=None):
-    """Minimise the objective for each row (clean image, target, c), starting at ``start`` (default:
-    the clean image); return x', success, and the optimiser's result."""
-    fun = attack_objective(model, x, targets, c, image_shape)
+    """Minimise the objective (:func:`attack_objective`) for each row (clean image, target, c),
+    starting at ``start`` (default: the clean image); return x', success, and the optimiser's result."""
+    fun = _cross_entropy(model, targets, image_shape)
     x0 = x if start is None else start
-    res = lbfgsb_batched(fun, x0, 0.0, 1.0, max_iter, history, ftol=ftol, pgtol=pgtol, workspace=workspace)
+    res = lbfgsb_batched(fun, x0, 0.0, 1.0, max_iter, history, ftol=ftol, pgtol=pgtol, workspace=workspace,
+                         penalty=(x, c))
     with torch.no_grad():
         hit = model(res.x.view(len(x), *image_shape)).argmax(1) == targets
     return res.x, hit, res
