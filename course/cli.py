@@ -123,11 +123,12 @@ def doctor_report() -> dict:
 
 def _threads_line() -> str:
     """How many torch threads each kernel of ``course run`` gets, and why."""
-    from .runner import auto_jobs, kernel_threads
+    from .runner import auto_jobs, busy_cores, kernel_threads
 
     try:
-        jobs = auto_jobs(99)
-        n, why = kernel_threads(jobs)
+        busy = busy_cores()
+        jobs = auto_jobs(99, busy)
+        n, why = kernel_threads(jobs, busy)
     except ValueError as e:
         return str(e)
     if "OMP_NUM_THREADS" in why:

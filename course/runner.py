@@ -76,7 +76,7 @@ def absolute_path(path: str | Path) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
-def kernel_environment(profile: str, jobs: int) -> dict[str, str]:
+def kernel_environment(profile: str, jobs: int, busy: int | None = None) -> dict[str, str]:
     """The environment every kernel of one run starts with.
 
     Paths the user gave relative to their working directory are made absolute (else a relative
@@ -92,7 +92,7 @@ def kernel_environment(profile: str, jobs: int) -> dict[str, str]:
     for name, value in MALLOC_ENV.items():   # glibc keeps freed activations (EfficientNet: 2-3x faster)
         env.setdefault(name, value)
     if not os.environ.get("OMP_NUM_THREADS"):
-        threads, _ = kernel_threads(jobs)
+        threads, _ = kernel_threads(jobs, busy)
         env["OMP_NUM_THREADS"] = str(threads)
         env.setdefault("MKL_NUM_THREADS", str(threads))
     return env
@@ -113,7 +113,7 @@ def available_cores() -> int:
     return max(1, cores)
 
 
-def kernel_threads(jobs: int = 1) -> tuple[int, str]:
+def kernel_threads(jobs: int = 1, busy: int | None = None) -> tuple[int, str]:
     """Torch threads per kernel of ``course run -j jobs``, and why.
 
     ``(cores − busy) // jobs`` (at least 1), ``busy`` the cores other processes keep busy
@@ -127,14 +127,15 @@ def kernel_threads(jobs: int = 1) -> tuple[int, str]:
             raise ValueError(f"OMP_NUM_THREADS={given!r} is not a positive whole number of threads; "
                              "set it to one (e.g. OMP_NUM_THREADS=1) or unset it to let the course choose.")
         return int(given), "OMP_NUM_THREADS is set"
-    cores, busy = available_cores(), busy_cores()
+    cores = available_cores()
+    busy = busy_cores() if busy is None else busy
     jobs = max(1, jobs)
     free = max(1, cores - busy)
     why = f"{cores} cores" + (f", {busy} busy elsewhere" if busy else "") + f" // {jobs} job{'s' if jobs > 1 else ''}"
     return max(1, free // jobs), why
 
 
-def auto_jobs(n_lessons: int) -> int:
+def auto_jobs(n_lessons: int, busy: int | None = None) -> int:
     """Lessons run at once by default: one per free core on a CPU (each with one thread), one on a
     GPU or MPS (the lessons would share its memory). ``COURSE_JOBS`` overrides."""
     given = os.environ.get("COURSE_JOBS")
@@ -146,7 +147,7 @@ def auto_jobs(n_lessons: int) -> int:
 
     if get_device().type != "cpu":
         return 1
-    return max(1, min(n_lessons, available_cores() - busy_cores()))
+    return max(1, min(n_lessons, available_cores() - (busy_cores() if busy is None else busy)))
 
 
 # Seconds each lesson took in the default profile on a 2-core CPU (one thread): only their order
@@ -184,13 +185,22 @@ def schedule(notebooks: list[Path], profile: str) -> list[Path]:
     return sorted(notebooks, key=lambda nb: -seconds(nb))
 
 
-def busy_cores() -> int:
-    """Cores other processes keep busy now: the 1-minute load average, rounded (0 where unknown).
+def busy_cores(sample: float = 1.0) -> int:
+    """Cores other processes keep busy now, rounded (0 where unknown): the CPU use of the whole
+    machine over ``sample`` seconds (this process sleeps meanwhile), else the 1-minute load average.
 
-    Measured on a 2-core machine: lesson 01 took 384 s idle with 2 threads per kernel, and had not
-    finished its first network after 650 s with 2 threads beside one busy process (torch's threads
-    spin against it). So a core that something else keeps busy is not offered to the kernels.
+    The load average lags: a minute after a heavy job ended it still counts it, and a job started
+    ten seconds ago barely shows, so the sample comes first. Measured on a 2-core machine: lesson 01
+    took 384 s idle with 2 threads per kernel, and had not finished its first network after 650 s
+    with 2 threads beside one busy process (torch's threads spin against it). So a core that
+    something else keeps busy is not offered to the kernels.
     """
+    try:
+        import psutil
+
+        return max(0, int(round(psutil.cpu_percent(interval=sample) / 100 * (psutil.cpu_count() or 1))))
+    except Exception:  # noqa: BLE001 - no psutil or no /proc: fall back to the load average
+        pass
     try:
         return max(0, int(round(os.getloadavg()[0])))
     except (AttributeError, OSError):
@@ -422,11 +432,12 @@ def run_lessons(selection: list[str] | None = None, profile: str = "default", ou
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be a positive whole number of lessons run at once, got {jobs!r}.")
     notebooks = find_notebooks(selection, folder)
+    busy = None if os.environ.get("OMP_NUM_THREADS") and jobs else busy_cores()  # sampled once per run
     if jobs is None:
-        jobs = auto_jobs(len(notebooks))
+        jobs = auto_jobs(len(notebooks), busy)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    env = kernel_environment(profile, jobs)
-    threads, _ = kernel_threads(jobs)
+    env = kernel_environment(profile, jobs, busy)
+    threads, _ = kernel_threads(jobs, busy)
     out_dir, how = run_folder(out, profile, stamp, force)
     print(how, flush=True)
     _STOPPING.clear()

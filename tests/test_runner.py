@@ -100,7 +100,17 @@ def test_kernel_threads_are_free_cores_over_jobs_at_least_one(monkeypatch):
     assert runner.kernel_threads(1)[0] == 1
 
 
-def test_busy_cores_come_from_the_load_average(monkeypatch):
+def test_busy_cores_come_from_a_cpu_sample_else_the_load_average(monkeypatch):
+    import psutil
+
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 4)
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None: 60.0)   # 2.4 of 4 cores busy
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (0.1, 0.1, 0.1))   # a lagging load average
+    assert runner.busy_cores(0.01) == 2
+
+    def no_sample(interval=None):
+        raise OSError("no /proc/stat here")
+    monkeypatch.setattr(psutil, "cpu_percent", no_sample)
     monkeypatch.setattr(runner.os, "getloadavg", lambda: (1.4, 1.0, 0.5))
     assert runner.busy_cores() == 1
     monkeypatch.setattr(runner.os, "getloadavg", lambda: (0.2, 0.1, 0.1))
