@@ -430,7 +430,7 @@ def test_the_network_stays_in_evaluation_mode_through_the_library():
     assert wrapper.training and torch.equal(lite0.net.bn1.running_mean, before)
     best = result.archive.scores.argmax()                         # the elites re-score to their scores
     with torch.no_grad():
-        again = torch.softmax(imagenet_scorer(result.archive.images[[best]]), 1)[0, best]
+        again = torch.softmax(imagenet_scorer(result.archive.images[best].unsqueeze(0)), 1)[0, best]
     assert abs(again.item() - result.archive.scores[best].item()) < 1e-5
     with evaluating(wrapper):
         assert not wrapper.training
