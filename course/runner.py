@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -448,12 +448,13 @@ def run_lessons(selection: list[str] | None = None, profile: str = "default", ou
     try:
         started = {nb.stem: pool.submit(run_one, nb, out_dir, profile, timeout, env)
                    for nb in (schedule(notebooks, profile) if jobs > 1 else notebooks)}
-        futures = {nb.stem: started[nb.stem] for nb in notebooks}   # reported in lesson order
-        for name, fut in futures.items():
-            entry = fut.result()
-            results["lessons"][name] = entry
+        names = {fut: name for name, fut in started.items()}
+        done = {}
+        for fut in as_completed(started.values()):                 # printed as each one ends
+            entry = done[names[fut]] = fut.result()
             mark = "ok" if entry["status"] == "ok" else "FAILED: " + entry.get("error", "")
-            print(f"{name}: {mark} ({entry['seconds']} s)", flush=True)
+            print(f"{names[fut]}: {mark} ({entry['seconds']} s)", flush=True)
+            results["lessons"] = {nb.stem: done[nb.stem] for nb in notebooks if nb.stem in done}  # lesson order
     except KeyboardInterrupt:
         stopped = _stop_run(pool)
         results["interrupted"] = True
