@@ -47,25 +47,13 @@ from course import imagenet, memory
 from course.evolution import CPPNEncoding, map_elites
 from course.evolution.map_elites import classify
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # clock.py beside this script
+from clock import clock  # noqa: E402
+
 
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
-
-
-# The clock: this process's CPU time on a CPU with one thread (another job on a shared machine
-# then slows neither side by taking the core away; it still costs both some cache), else wall time.
-clock = time.perf_counter
-
-
-def use_cpu_time(device, threads: int) -> str:
-    """Time with CPU time when one thread runs on the CPU; returns the clock's name."""
-    global clock
-    if torch.device(device).type == "cpu" and threads == 1:
-        clock = time.process_time
-        return "process CPU time"
-    clock = time.perf_counter
-    return "wall time"
 
 
 def generation_seconds(net, encoding, generations: int, offspring: int, seed: int = 0,
@@ -138,7 +126,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     kept = memory.keep_freed_memory()
-    timer = use_cpu_time(args.device, args.threads)
+    timer = clock.choose(args.device, args.threads)
     bs = args.batch_size or None
     net = imagenet.create_model(args.model, device=args.device, precision=args.precision)
     size = net.input_size

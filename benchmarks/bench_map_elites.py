@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import sys
 import time
 
@@ -67,6 +68,9 @@ import torch
 
 from course.evolution import DirectEncoding, map_elites
 from course.evolution.map_elites import classify
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # clock.py beside this script
+from clock import clock  # noqa: E402
 from course.models import build_model
 
 
@@ -87,21 +91,6 @@ def keep_freed_memory() -> str:
 def seeded_model(name: str, seed: int = 0, device="cpu"):
     torch.manual_seed(seed)
     return build_model(name).eval().to(device)
-
-
-# The clock: this process's CPU time when one thread runs on the CPU (a shared machine's other
-# jobs then slow neither contender by taking the core away; they still cost both some cache),
-# else wall time (a GPU's work is not this process's CPU time).
-clock = time.perf_counter
-
-
-def use_cpu_time(device, threads: int) -> str:
-    global clock
-    if torch.device(device).type == "cpu" and threads == 1:
-        clock = time.process_time
-        return "process CPU time"
-    clock = time.perf_counter
-    return "wall time"
 
 
 def ours_seconds_per_generation(model, encoding, generations: int, offspring: int, seed: int = 0) -> float:
@@ -250,7 +239,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     allocator = "default" if args.default_malloc else keep_freed_memory()
     torch.set_num_threads(args.threads)
-    timer = use_cpu_time(args.device, args.threads)
+    timer = clock.choose(args.device, args.threads)
     G, B = args.generations, args.offspring
     enc = DirectEncoding()
     dev = args.device
