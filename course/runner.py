@@ -150,10 +150,11 @@ def auto_jobs(n_lessons: int, busy: int | None = None) -> int:
     return max(1, min(n_lessons, available_cores() - (busy_cores() if busy is None else busy)))
 
 
-# Seconds each lesson took in the default profile on a 2-core CPU (one thread): only their order
-# matters, for the first run; later runs use the last run's own times (:func:`schedule`).
-TYPICAL_SECONDS = {"00": 15, "01": 450, "02": 30, "03": 35, "04": 60, "05": 60, "06": 240, "07": 210,
-                   "08": 15, "09": 330, "10": 660, "11": 300, "12": 850}
+# Seconds each lesson took in the default profile on a 2-core CPU, one thread beside another lesson
+# (`course run --profile default`, 2026-12-02): only their order matters, for a first run; later
+# runs use the last run's own times (:func:`schedule`).
+TYPICAL_SECONDS = {"00": 8, "01": 197, "02": 27, "03": 15, "04": 68, "05": 32, "06": 35, "07": 155,
+                   "08": 18, "09": 143, "10": 248, "11": 133, "12": 1333}
 
 
 def _last_run_seconds(profile: str) -> dict[str, float]:
@@ -432,7 +433,7 @@ def run_lessons(selection: list[str] | None = None, profile: str = "default", ou
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be a positive whole number of lessons run at once, got {jobs!r}.")
     notebooks = find_notebooks(selection, folder)
-    busy = None if os.environ.get("OMP_NUM_THREADS") and jobs else busy_cores()  # sampled once per run
+    busy = busy_cores()   # sampled once per run, for the number of lessons and their threads
     if jobs is None:
         jobs = auto_jobs(len(notebooks), busy)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

@@ -302,8 +302,8 @@ def test_auto_jobs_is_one_lesson_per_free_core_on_a_cpu_and_one_on_a_gpu(monkeyp
 def test_schedule_starts_the_longest_lessons_first_from_the_last_run(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
     nbs = [Path(f"{n}.ipynb") for n in ("00_welcome", "01_training_mnist", "08_ascent", "12_imagenet_fooled")]
-    assert [p.stem[:2] for p in runner.schedule(nbs, "default")] == ["12", "01", "00", "08"]  # typical times
-    for name, started, profile, secs in (("a", "20260101-000000", "default", {"00_welcome": 5, "08_ascent": 900}),
+    assert [p.stem[:2] for p in runner.schedule(nbs, "default")] == ["12", "01", "08", "00"]  # typical times
+    for name, started, profile, secs in (("a", "20260101-000000", "default", {"00_welcome": 5, "08_ascent": 2000}),
                                          ("b", "20250101-000000", "default", {"00_welcome": 999}),
                                          ("c", "20270101-000000", "ci", {"00_welcome": 999})):
         (tmp_path / "runs" / name).mkdir(parents=True)
@@ -312,5 +312,5 @@ def test_schedule_starts_the_longest_lessons_first_from_the_last_run(tmp_path, m
             json.dumps({"profile": profile, "started": started, "lessons": lessons}))
     (tmp_path / "runs" / "broken").mkdir()
     (tmp_path / "runs" / "broken" / "results.json").write_text("{not json")
-    # the newest run of this profile (a): 08 took 900 s there, 00 5 s; the others keep typical times
+    # the newest run of this profile (a): 08 took 2000 s there, 00 5 s; the others keep typical times
     assert [p.stem[:2] for p in runner.schedule(nbs, "default")] == ["08", "12", "01", "00"]
