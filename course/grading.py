@@ -310,9 +310,29 @@ sys.exit(code)
 """
 
 
+KERNEL_START_TRIES = 3
+
+
 def execute(nb: nbformat.NotebookNode, workdir: Path, cwd: Path, timeout: float,
             profile: str = "ci") -> tuple[str, str, nbformat.NotebookNode | None]:
-    """Run ``nb`` in a fresh kernel in a subprocess; return (verdict, detail, executed notebook)."""
+    """Run ``nb`` in a fresh kernel in a subprocess; return (verdict, detail, executed notebook).
+
+    A kernel that fails to start (no cell ran: a port taken by a kernel started at the same moment,
+    a machine too busy to answer in time) is started again, up to ``KERNEL_START_TRIES`` times within
+    ``timeout``: a submission is never failed for the grader's own bad luck."""
+    deadline = time.monotonic() + timeout
+    for attempt in range(1, KERNEL_START_TRIES + 1):
+        verdict, detail, executed = _execute_once(nb, workdir, cwd, max(deadline - time.monotonic(), 1.0), profile)
+        started = (workdir / "executed.ipynb").exists()
+        if verdict != CRASHED or started or attempt == KERNEL_START_TRIES or time.monotonic() >= deadline:
+            if verdict == CRASHED and not started:
+                detail = f"the kernel did not start ({attempt} tries): " + detail.removeprefix("the kernel stopped: ")
+            return verdict, detail, executed
+
+
+def _execute_once(nb: nbformat.NotebookNode, workdir: Path, cwd: Path, timeout: float,
+                  profile: str) -> tuple[str, str, nbformat.NotebookNode | None]:
+    """One try of :func:`execute`."""
     src, out = workdir / "submission.ipynb", workdir / "executed.ipynb"
     nb = nbformat.from_dict(json.loads(json.dumps(nb)))
     params = next((i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), -1)
