@@ -31,15 +31,20 @@ the per-round ratios.
   floats per array; the fastest of the three is the floor.
   Writing the returned images into fresh memory is not in it.
 
+Allocator: glibc's malloc is told to keep freed memory (``course.memory.keep_freed_memory``, what
+``course run`` sets for every lesson), for all renderers alike; ``--default-malloc`` leaves it as
+it is, and then each fresh 200 MB batch of 224×224 images costs ~50,000 page faults (0.1–0.4 s of
+system time) on every call.
+
 Quality: our images against numpy's (``np.allclose``, atol 1e-3) and against neat's (max abs
 difference), and both float32 renderers against the float64 truth (our renderer in float64, which
 the tests hold to the per-pixel reference within 1e-9): sin and Gaussian units fed sums of weights
 up to ±10 lose ~1e-4 in float32 at 28×28 and ~1e-3 at 224×224, the same for both.
 
     python benchmarks/bench_cppn.py [--json] [--rounds 5] [--mutations 40] [--sizes 28,224]
-                                    [--threads 1] [--device cpu]
+                                    [--threads 1] [--device cpu] [--default-malloc]
 
-JSON: per size, ``speedup`` (vs neat-python), ``speedup_vs_numpy``, ``speedup_vs_numpy_eval_only``,
+JSON: ``allocator``; per size, ``speedup`` (vs neat-python), ``speedup_vs_numpy``, ``speedup_vs_numpy_eval_only``,
 ``ours_over_floor``, ``numpy_over_floor``, ``numpy_allclose_ours`` and the error fields.
 """
 from __future__ import annotations
@@ -55,6 +60,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from course import memory
 from course.evolution.cppn import N_INPUTS, CPPNEncoding, coordinates
 
 
@@ -219,8 +225,8 @@ class Floor:
        preallocated (T_b, pixels) buffer whose rows are grouped by activation;
     2. every hidden connection's term: one multiply-add per connection per pixel, a single
        ``addcmul_`` on preallocated (E_b, pixels) arrays;
-    3. the activations: one in-place call per activation type on its contiguous block of rows (the
-       renderer's own in-place functions);
+    3. the activations: one in-place call per activation type on its contiguous block of rows
+       (numpy's SIMD functions, the per-genome renderer's own: the fastest at hand on a CPU);
     4. the outputs: ``abs_().clamp_(max=1)`` on their (genomes × channels, pixels) rows.
 
     Nothing else: no planning, no gathering, no allocation. The nodes' dependencies are ignored
@@ -229,8 +235,10 @@ class Floor:
     the genomes' own range."""
 
     def __init__(self, genomes: list, plans: list, H: int, W: int, block_floats: int):
-        from course.evolution.cppn import _ACTIVATIONS_INPLACE
-        self.acts = _ACTIVATIONS_INPLACE
+        from course.evolution.cppn import NP_ACTIVATIONS_INPLACE
+        # The fastest activations at hand on a CPU: numpy's SIMD loops, in place (the per-genome
+        # renderer's own; torch's sin and exp are 2-3x slower here).
+        self.acts = [lambda t, f=f: f(t.numpy()) for f in NP_ACTIVATIONS_INPLACE]
         HW = H * W
         self.inputs = coordinates(H, W, dtype=torch.float32)
         self.blocks, i = [], 0
@@ -326,8 +334,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (medians reported)")
     ap.add_argument("--sizes", default="28,224", help="image sizes (square), comma-separated")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (by default freed memory is kept, as in `course run`)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    kept = False if args.default_malloc else memory.keep_freed_memory()
 
     enc, pop = make_genomes(args.genomes, args.seed, rounds=args.mutations, device=args.device)
     hidden, conns = enc.sizes(pop)
@@ -341,6 +352,7 @@ def main(argv=None):
     subset = torch.randperm(args.genomes, generator=torch.Generator().manual_seed(args.seed))
     out = {"benchmark": "cppn_render", "genomes": args.genomes, "mutations": args.mutations,
            "device": args.device, "threads": args.threads, "rounds": args.rounds, "clock": "process CPU time",
+           "allocator": "freed memory kept" if kept else "glibc default",
            "mean_hidden": round(float(hidden.float().mean()), 2), "max_hidden": int(hidden.max()),
            "mean_hidden_used": round(sum(used_hidden) / len(used_hidden), 2),
            "mean_connections": round(float(conns.float().mean()), 2)}
@@ -391,7 +403,7 @@ def main(argv=None):
         print(f"{args.genomes} CPPN genomes after {args.mutations} mutations: mean {out['mean_hidden']} hidden "
               f"neurons (max {out['max_hidden']}), {out['mean_hidden_used']} of them feeding the output, "
               f"{out['mean_connections']} connections; device {args.device}, {args.threads} thread(s); "
-              f"medians of {args.rounds} interleaved rounds, CPU time")
+              f"medians of {args.rounds} interleaved rounds, CPU time; malloc: {out['allocator']}")
         for H in (int(h) for h in args.sizes.split(",")):
             r = out[f"{H}"]
             print(f"{H}×{H}: ours {r['ours_s']:.3f} s ({r['ours_ms_per_genome']:.3f} ms/genome); "

@@ -227,13 +227,14 @@ def evolved_cppns(channels, n=12, rounds=15, seed=0, dtype=torch.float64):
     return enc, pop
 
 
+@pytest.mark.parametrize("method", ["batched", "per-genome"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("hw", [(28, 28), (9, 13)])
-def test_cppn_renderer_equals_slow_reference(channels, hw):
+def test_cppn_renderer_equals_slow_reference(channels, hw, method):
     enc, pop = evolved_cppns(channels)
     hidden, _ = enc.sizes(pop)
     assert int(hidden.max()) >= 3                      # real topologies, not just the start
-    images = enc.render(pop, shape=hw)
+    images = enc.render(pop, shape=hw, method=method)
     assert images.shape == (len(hidden), channels, *hw)
     for i in range(len(hidden)):
         ref = render_reference({k: v[i] for k, v in pop.items()}, (channels, *hw))
@@ -246,7 +247,26 @@ def test_cppn_float32_render_and_chunking_agree():
     enc.max_floats = 28 * 28 * 20                      # force tiny chunks
     assert torch.allclose(enc.render(pop), full)
     pop32 = {k: (v.float() if v.is_floating_point() else v) for k, v in pop.items()}
-    assert torch.allclose(CPPNEncoding(max_hidden=10).render(pop32), full.float(), atol=1e-3)
+    for method in ("batched", "per-genome"):
+        assert torch.allclose(CPPNEncoding(max_hidden=10).render(pop32, method=method), full.float(), atol=1e-3)
+
+
+def test_cppn_render_method_is_chosen_by_size_and_checked():
+    """Large images on the CPU are drawn genome by genome; each genome's image is then its own,
+    whatever else is in the batch (bit for bit), and a bad method is named."""
+    from course.evolution import cppn
+
+    enc, pop = evolved_cppns(3, n=8, dtype=torch.float32)
+    side = int(math.isqrt(cppn.PER_GENOME_PIXELS))
+    big = enc.render(pop, shape=(side, side))
+    assert torch.equal(big, enc.render(pop, shape=(side, side), method="per-genome"))
+    assert torch.allclose(big, enc.render(pop, shape=(side, side), method="batched"), atol=1e-4)
+    part = enc.render({k: v[[5, 2]] for k, v in pop.items()}, shape=(side, side))
+    assert torch.equal(part, big[[5, 2]])
+    with pytest.raises(ValueError, match="per-genome"):
+        enc.render(pop, method="numpy")
+    with pytest.raises(ValueError, match="float32 or float64"):
+        enc.render({k: (v.half() if v.is_floating_point() else v) for k, v in pop.items()}, method="per-genome")
 
 
 def test_cppn_start_and_mutation_invariants():
