@@ -251,6 +251,22 @@ def test_cppn_float32_render_and_chunking_agree():
         assert torch.allclose(CPPNEncoding(max_hidden=10).render(pop32, method=method), full.float(), atol=1e-3)
 
 
+@pytest.mark.parametrize("channels,rounds", [(1, 15), (3, 40)])
+def test_cppn_compiled_plan_equals_the_tensor_plan(channels, rounds):
+    """The CPU's compiled plan is the tensor plan index for index (so images are the same bits)."""
+    from course.evolution import cppn, cppn_plan
+
+    enc, pop = evolved_cppns(channels, n=200, rounds=rounds, dtype=torch.float32)
+    N = int(pop["alive"].any(dim=0).nonzero().max()) + 1
+    conn, alive = pop["conn"][:, :N, :N], pop["alive"][:, :N]
+    compiled = cppn_plan.plan(conn, alive, channels)
+    assert compiled is not None                        # numba is a dependency
+    order, size = cppn.plan_tensors(conn, alive, channels)
+    assert torch.equal(compiled[1], size) and torch.equal(compiled[0], order)
+    assert int(size.max()) > 4 + channels and int(size.min()) >= 4 + channels  # hidden nodes in use
+    assert int((size < alive.sum(dim=1)).sum()) > 0    # some alive nodes feed no output: left out
+
+
 def test_cppn_render_method_is_chosen_by_size_and_checked():
     """Large images on the CPU are drawn genome by genome; each genome's image is then its own,
     whatever else is in the batch (bit for bit), and a bad method is named."""

@@ -57,6 +57,7 @@ import math
 import numpy as np
 import torch
 
+from . import cppn_plan
 from .direct import polynomial_mutation
 
 N_INPUTS = 4  # x, y, d, bias
@@ -164,6 +165,20 @@ def feeds(conn: torch.Tensor, targets: torch.Tensor, fed: torch.Tensor | None = 
             break
         need = new
     return need > 0
+
+
+def plan_tensors(conn: torch.Tensor, alive: torch.Tensor, n_outputs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The renderer's plan on any device: (order (P, N), size (P,)). A node is used when alive and
+    an input or feeding an output; ``order`` lists the used nodes by depth (ties by slot, so the
+    inputs stay in slots 0..3), then the rest; ``size`` counts the used ones.
+    :func:`course.evolution.cppn_plan.plan` is the same, compiled for the CPU."""
+    N = conn.shape[-1]
+    idx = torch.arange(N, device=conn.device)
+    is_input, is_output = idx < N_INPUTS, (idx >= N_INPUTS) & (idx < N_INPUTS + n_outputs)
+    sources, fed = _bit_masks(conn) if _bits_ok(conn) else (None, None)
+    used = alive & (feeds(conn, is_output, fed) | is_input)
+    key = torch.where(used, node_depth(conn, sources), N + 1)
+    return torch.sort(key, dim=1, stable=True).indices, used.sum(dim=1)
 
 
 def reachability(conn: torch.Tensor) -> torch.Tensor:
@@ -346,12 +361,8 @@ class CPPNEncoding:
         N = int(genomes["alive"].any(dim=0).nonzero().max()) + 1
         conn, alive, weight = genomes["conn"][:, :N, :N], genomes["alive"][:, :N], genomes["weight"][:, :N, :N]
         inputs = coordinates(H, W, dtype=weight.dtype, device=weight.device)
-        is_input, is_output, _ = (m[:N] for m in self._slot_masks(alive.device))
-        sources, fed = _bit_masks(conn) if _bits_ok(conn) else (None, None)
-        used = alive & (feeds(conn, is_output, fed) | is_input)
-        key = torch.where(used, node_depth(conn, sources), N + 1)
-        order = torch.sort(key, dim=1, stable=True).indices       # inputs stay in slots 0..3
-        size = used.sum(dim=1)
+        planned = cppn_plan.plan(conn, alive, self.n_outputs)    # compiled, on the CPU
+        order, size = planned if planned is not None else plan_tensors(conn, alive, self.n_outputs)
         by_size = torch.sort(size, descending=True, stable=True).indices
         sizes = size[by_size].tolist()
         weight_all, act_all = genomes["weight"].contiguous(), genomes["act"].contiguous()
