@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 from course import memory
-from course.evolution.cppn import N_INPUTS, CPPNEncoding, coordinates
+from course.evolution.cppn import N_INPUTS, NP_ACTIVATIONS_INPLACE, CPPNEncoding, coordinates
 
 
 def make_genomes(n: int, seed: int, rounds: int = 10, device="cpu") -> tuple[CPPNEncoding, dict]:
@@ -131,27 +131,9 @@ def numpy_genome(genome: dict, n_outputs: int):
     return {n: act[n] for n in sources}, sources, list(range(N_INPUTS, N_INPUTS + n_outputs))
 
 
-def _np_sin(z):
-    np.sin(z, out=z)
-
-
-def _np_sigmoid(z):                     # 2(σ(z) − 0.5) = tanh(z / 2): one transcendental call
-    z *= np.float32(0.5)
-    np.tanh(z, out=z)
-
-
-def _np_gaussian(z):
-    np.square(z, out=z)
-    np.negative(z, out=z)
-    np.exp(z, out=z)
-
-
-def _np_linear(z):
-    np.clip(z, -3.0, 3.0, out=z)
-    z *= np.float32(1 / 3)
-
-
-_NP_ACTIVATIONS = (_np_sin, _np_sigmoid, _np_gaussian, _np_linear)
+# The activations in place: numpy's SIMD loops, the same four functions the per-genome renderer
+# uses (2(σ(z) − 0.5) as tanh(z / 2): one transcendental call).
+_NP_ACTIVATIONS = NP_ACTIVATIONS_INPLACE
 
 
 def numpy_plan(genome) -> list:
@@ -235,7 +217,6 @@ class Floor:
     the genomes' own range."""
 
     def __init__(self, genomes: list, plans: list, H: int, W: int, block_floats: int):
-        from course.evolution.cppn import NP_ACTIVATIONS_INPLACE
         # The fastest activations at hand on a CPU: numpy's SIMD loops, in place (the per-genome
         # renderer's own; torch's sin and exp are 2-3x slower here).
         self.acts = [lambda t, f=f: f(t.numpy()) for f in NP_ACTIVATIONS_INPLACE]
