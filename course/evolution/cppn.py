@@ -32,22 +32,25 @@ slots, alive or free):
 - ``act``    (P, N) int64: each node's activation id;
 - ``alive``  (P, N) bool: which slots hold a node (inputs and outputs always).
 
-Mutation works on the whole population at once: no Python loop over genomes. The renderer plans for the whole population: drop the nodes no output depends
-on, sort each genome's nodes by depth (longest path from an input: a topological order), and sort
-the genomes by size, largest first. The inputs' contribution to every node of every genome is one
-matmul with the shared (4, pixels) coordinates. Then step k adds, for node k of every genome that
+Mutation works on the whole population at once: no Python loop over genomes. The renderer plans
+for the whole population: drop the nodes no output depends on, sort each genome's nodes by depth
+(longest path from an input: a topological order), and sort the genomes by size, largest first.
+The inputs' contribution to every node of every genome is one matmul with the shared (4, pixels)
+coordinates. Then step k adds, for node k of every genome that
 has one (a prefix of the sorted batch), the terms from its earlier hidden nodes — one batched
 matmul ``(m, 1, k) @ (m, k, pixels)`` — and applies the activations, one call per activation type
 (or, at pixel counts that are multiples of 64, one call per run of rows that share one).
 So a population costs a dozen small steps whatever its size, and padding costs nothing. The plan
 works on int64 bit masks of each node's sources (a few (P, N) ops per depth level), and on the
 CPU the node values live in a scratch block reused from call to call (fresh pages cost more
-than the arithmetic). On the CPU at 64×64 pixels and more, the batched steps lose to the cache:
-a chunk's node values are tens of megabytes, streamed from memory on every step. There each
-genome is drawn on its own after the same plan (``method="per-genome"``): node k sums its own
-connections only (a multiply, then one in-place multiply-add per further source), then numpy's
-in-place activation, on one genome's few rows, which stay in the cache. ``benchmarks/bench_cppn.py`` measures it against the same genomes drawn one
-at a time with numpy and against the pixel-math floor.
+than the arithmetic). On the CPU from ``PER_GENOME_PIXELS`` (40×40) up, the batched steps lose:
+a chunk's node values are tens of megabytes, streamed from memory on every step, and the dense
+steps compute a term for every earlier node, connected or not. There each genome is drawn on its own after the same plan
+(``method="per-genome"``): node k sums its own connections only (a multiply, then one in-place
+multiply-add per further source), then numpy's in-place activation, on one genome's few rows,
+which stay in the cache. On the CPU the plan itself is compiled (:mod:`.cppn_plan`).
+``benchmarks/bench_cppn.py`` measures the renderer against the same genomes drawn one at a time
+with numpy and against the pixel-math floor.
 :func:`render_reference` is the slow per-pixel evaluator the tests compare it with.
 """
 from __future__ import annotations
@@ -366,15 +369,11 @@ class CPPNEncoding:
         by_size = torch.sort(size, descending=True, stable=True).indices
         sizes = size[by_size].tolist()
         weight_all, act_all = genomes["weight"].contiguous(), genomes["act"].contiguous()
-        Nf = weight_all.shape[1]
         if method == "per-genome":
-            n = sizes[0]
-            oc = order[:, :n]
-            at = (torch.arange(P, device=oc.device) * Nf)[:, None] + oc
-            at_w = (at * Nf)[:, :, None] + oc[:, None, :]
-            ws = weight_all.view(-1).index_select(0, at_w.view(-1)).view(at_w.shape)
+            oc = order[:, :sizes[0]]
+            ws, act = _in_order(weight_all, act_all, torch.arange(P, device=oc.device), oc)
             out_pos = _inverse(oc, N)[:, N_INPUTS:N_INPUTS + self.n_outputs]
-            _render_each(ws.numpy(), act_all.take(at).numpy(), size.tolist(), out_pos.numpy(),
+            _render_each(ws.numpy(), act.numpy(), size.tolist(), out_pos.numpy(),
                          inputs.numpy(), out.view(P, self.n_outputs, H * W).numpy())
             return out
         i = 0
@@ -383,11 +382,8 @@ class CPPNEncoding:
             chunk = by_size[i:i + max(1, self.max_floats // (n * H * W))]
             # The chunk's weights and activations, rows and columns in each genome's order.
             oc = order[chunk, :n]
-            at = (chunk * Nf)[:, None] + oc                                   # (genome, node) in act
-            at_w = (at * Nf)[:, :, None] + oc[:, None, :]                     # (genome, dst, src) in weight
-            # (``weight`` is zero wherever there is no connection: every operator keeps it so.)
-            ws = weight_all.view(-1).index_select(0, at_w.view(-1)).view(at_w.shape)
-            o = self._render_chunk(ws, act_all.take(at), oc, size[chunk], inputs, N)
+            ws, act = _in_order(weight_all, act_all, chunk, oc)
+            o = self._render_chunk(ws, act, oc, size[chunk], inputs, N)
             out.index_copy_(0, chunk, o.view(len(chunk), self.n_outputs, H, W))
             i += len(chunk)
         return out
@@ -545,6 +541,16 @@ def _scratch(name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     if block is None or block.numel() < numel:
         block = _SCRATCH[key] = like.new_empty(numel)
     return block[:numel].view(shape)
+
+
+def _in_order(weight: torch.Tensor, act: torch.Tensor, rows: torch.Tensor, order: torch.Tensor):
+    """The weights (len(rows), n, n) and activations (len(rows), n) of genomes ``rows`` of a
+    contiguous population, rows and columns in each genome's ``order`` (len(rows), n). (``weight``
+    is zero wherever there is no connection: every operator keeps it so.)"""
+    Nf = weight.shape[1]
+    at = (rows * Nf)[:, None] + order                                   # (genome, node) in act
+    at_w = (at * Nf)[:, :, None] + order[:, None, :]                    # (genome, dst, src) in weight
+    return weight.view(-1).index_select(0, at_w.view(-1)).view(at_w.shape), act.take(at)
 
 
 def _inverse(order: torch.Tensor, n: int) -> torch.Tensor:
