@@ -9,7 +9,7 @@ from torch import nn
 from course.evolution import (Archive, CPPNEncoding, DirectEncoding, EmptyArchiveError, expected_abs_delta,
                               map_elites, polynomial_delta, polynomial_mutation, render_reference)
 from course.evolution.cppn import N_INPUTS, node_depth, reachability
-from course.evolution import direct
+from course.evolution import direct, mutation_cpu
 from course.evolution.direct import bernoulli_positions, mutation_draws, polynomial_mutation_
 from course.evolution.map_elites import take
 
@@ -144,7 +144,13 @@ def _chi2_ok(observed, expected):
     return chi2 < df + 6 * math.sqrt(2 * df), chi2
 
 
-def test_mutation_draws_known_answer_statistics():
+def compiled_draws(n, rate, g):
+    """The positions and u's the compiled CPU mutation uses, for the same statistical tests."""
+    return mutation_cpu.draws(n, rate, mutation_cpu.draw_seed(g), direct._draws_per_round(n, rate))
+
+
+@pytest.mark.parametrize("draw", [mutation_draws, compiled_draws], ids=["tensor", "compiled"])
+def test_mutation_draws_known_answer_statistics(draw):
     """Fixed seed, answers from theory: independent coins at the configured rate (binomial count,
     uniform positions, geometric gaps) and, per mutating gene, u uniform on float32's 24-bit grid,
     independent of the gap; the polynomial steps then follow their exact CDF."""
@@ -152,7 +158,7 @@ def test_mutation_draws_known_answer_statistics():
     g = gen(11)
     counts, us, gaps, hits = [], [], [], torch.zeros(200)
     for _ in range(draws):
-        pos, u = mutation_draws(n, rate, g)
+        pos, u = draw(n, rate, g)
         assert pos.dtype == torch.long and u.dtype == torch.float32 and pos.shape == u.shape
         assert bool((pos[1:] > pos[:-1]).all()) and int(pos[0]) >= 0 and int(pos[-1]) < n
         counts.append(len(pos))
@@ -186,20 +192,80 @@ def test_mutation_draws_known_answer_statistics():
     assert float((cdf - ecdf).abs().max()) < 1.95 / math.sqrt(len(d))     # 0.1% level
 
 
-def test_mutation_draws_edges_and_several_rounds(monkeypatch):
+@pytest.mark.parametrize("draw", [mutation_draws, compiled_draws], ids=["tensor", "compiled"])
+def test_mutation_draws_edges_and_several_rounds(monkeypatch, draw):
     g = gen(5)
-    pos, u = mutation_draws(50, 1.0, g)
+    pos, u = draw(50, 1.0, g)
     assert pos.tolist() == list(range(50)) and u.shape == (50,) and float(u.max()) < 1
-    for empty in (mutation_draws(50, 0.0, g), mutation_draws(0, 0.3, g)):
-        assert empty[0].numel() == 0 and empty[1].numel() == 0
+    if draw is mutation_draws:
+        for empty in (mutation_draws(50, 0.0, g), mutation_draws(0, 0.3, g)):
+            assert empty[0].numel() == 0 and empty[1].numel() == 0
     # Rounds too short to reach the end: more rounds follow, and the coins are still fair.
     monkeypatch.setattr(direct, "_draws_per_round", lambda n, rate: 7)
     counts = []
     for _ in range(300):
-        pos, u = mutation_draws(1000, 0.2, g)
+        pos, u = draw(1000, 0.2, g)
         assert bool((pos[1:] > pos[:-1]).all()) and int(pos[-1]) < 1000 and pos.shape == u.shape
         counts.append(len(pos))
     assert sum(counts) / len(counts) == pytest.approx(200, abs=4 * math.sqrt(160 / 300))
+    # The mutation itself, in short rounds too: about the same share of genes changes.
+    x = torch.full((300, 1000), 0.5)
+    direct.polynomial_mutation_(x, 0.2, 15.0, g)
+    assert float((x != 0.5).float().mean()) == pytest.approx(0.2, abs=4 * math.sqrt(0.16 / x.numel()))
+
+
+def _splitmix64_reference(seed, i):
+    """SplitMix64's output for counter i, in Python's exact integers (an independent implementation)."""
+    m = (1 << 64) - 1
+    z = (seed + i * 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def test_compiled_mutation_draws_are_splitmix64_and_its_steps_the_formula():
+    """The compiled generator is SplitMix64 to the bit (a known answer: Vigna's reference for
+    seed 0 starts 0xE220A8397B1DCDAF), u and W are its bits as documented, and the mutation adds the
+    polynomial step of each u at each drawn position (within float rounding of the power), clipped,
+    leaving every other gene untouched."""
+    z = np.empty(4, np.uint64)
+    mutation_cpu._mix_c(np.uint64(0x9E3779B97F4A7C15), z)       # splitmix64 seeded 0: the first next()
+    assert int(z[0]) == 0xE220A8397B1DCDAF
+    seed = 0xDEADBEEF12345678
+    z = np.empty(1000, np.uint64)
+    mutation_cpu._mix_c(np.uint64(seed), z)
+    assert [int(v) for v in z[[0, 1, 999]]] == [_splitmix64_reference(seed, i) for i in (0, 1, 999)]
+    log_w, u = mutation_cpu._round(seed, 0, 1000, 0.1)
+    ref = [_splitmix64_reference(seed, i) for i in range(1000)]
+    assert np.array_equal(u, np.array([(r >> 40) * 2.0 ** -24 for r in ref], np.float32))
+    w = np.array([((r & (2 ** 40 - 1)) + 1) * 2.0 ** -40 for r in ref])
+    assert np.allclose(log_w, np.log(w), rtol=1e-6, atol=1e-6) and float(log_w.max()) <= 0
+    for dtype, eta, low, high in [(torch.float32, 15.0, 0.0, 1.0), (torch.float64, 15.0, -3.0, 3.0),
+                                  (torch.float32, 20.0, 0.0, 1.0), (torch.float32, 0.0, -1.0, 1.0)]:
+        x = torch.rand(40, 999, generator=gen(7), dtype=dtype) * (high - low) + low
+        y = polynomial_mutation(x, 0.1, eta, gen(8), low, high, method="compiled")
+        pos, u = compiled_draws(x.numel(), 0.1, gen(8))
+        changed = torch.zeros(x.numel(), dtype=torch.bool)
+        changed[pos] = True
+        assert torch.equal(y.view(-1)[~changed], x.view(-1)[~changed])
+        d = polynomial_delta(u.to(dtype), eta) * (high - low)
+        expect = (x.view(-1)[pos] + d).clamp(low, high)
+        tol = 1e-6 if dtype == torch.float32 else 1e-12
+        assert torch.allclose(y.view(-1)[pos], expect, rtol=0, atol=tol * (high - low))
+
+
+def test_mutation_method_is_chosen_and_checked():
+    x = torch.rand(10, 10, generator=gen())
+    assert direct._choose_method(x, None) == "compiled" and direct._choose_method(x.half(), None) == "tensor"
+    h = polynomial_mutation(x.half(), 0.5, 15.0, gen(1))                 # half precision: the tensor version
+    assert h.dtype == torch.float16 and bool((h != x.half()).any())
+    a = polynomial_mutation(x, 0.5, 15.0, gen(1), method="tensor")
+    b = polynomial_mutation(x, 0.5, 15.0, gen(1), method="compiled")
+    assert not torch.equal(a, b)                                          # two streams
+    with pytest.raises(ValueError, match="method='tensor'"):
+        polynomial_mutation(x.half(), 0.1, method="compiled")
+    with pytest.raises(ValueError, match="method must be one of"):
+        polynomial_mutation(x, 0.1, method="numba")
 
 
 def test_mutation_changes_the_configured_share_of_genes():

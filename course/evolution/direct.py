@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from . import mutation_cpu
+
 
 def polynomial_delta(u: torch.Tensor, eta: float) -> torch.Tensor:
     """The polynomial-mutation step δ ∈ [−1, 1] for uniform draws ``u`` ∈ [0, 1).
@@ -77,25 +79,28 @@ def bernoulli_positions(n: int, rate: float, generator: torch.Generator | None =
 
 def polynomial_mutation(x: torch.Tensor, rate: float, eta: float = 15.0,
                         generator: torch.Generator | None = None,
-                        low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+                        low: float = 0.0, high: float = 1.0, method: str | None = None) -> torch.Tensor:
     """Mutate each entry of ``x`` with probability ``rate``: add δ·(high−low), clip to [low, high].
 
     Returns a new tensor; ``x`` is untouched. ``generator`` (on ``x``'s device) makes it
-    reproducible. Only the entries that mutate draw a δ (see :func:`bernoulli_positions`).
+    reproducible. Only the entries that mutate draw a δ (see :func:`mutation_draws`).
+    ``method``: ``"compiled"`` (:mod:`~course.evolution.mutation_cpu`: float32/64 on the CPU),
+    ``"tensor"`` (any device and precision), or None: the compiled one where it applies. The two
+    draw different random streams with the same distribution.
     """
     _check_mutation(rate, eta)
-    return _mutate_flat_(x.clone(memory_format=torch.contiguous_format), rate, eta, generator, low, high)
+    return _mutate_flat_(x.clone(memory_format=torch.contiguous_format), rate, eta, generator, low, high, method)
 
 
 def polynomial_mutation_(x: torch.Tensor, rate: float, eta: float = 15.0,
                          generator: torch.Generator | None = None,
-                         low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+                         low: float = 0.0, high: float = 1.0, method: str | None = None) -> torch.Tensor:
     """:func:`polynomial_mutation` in place on a contiguous ``x`` (returned): the same random
     draws and the same results, without the copy."""
     _check_mutation(rate, eta)
     if not x.is_contiguous():
         raise ValueError("polynomial_mutation_ mutates a contiguous tensor in place; use polynomial_mutation.")
-    return _mutate_flat_(x, rate, eta, generator, low, high)
+    return _mutate_flat_(x, rate, eta, generator, low, high, method)
 
 
 def _check_mutation(rate: float, eta: float) -> None:
@@ -162,9 +167,31 @@ def mutation_draws(n: int, rate: float, generator: torch.Generator | None = None
     return positions[:m], high[:m].to(torch.float32).mul_(1.0 / _TWO_U)
 
 
-def _mutate_flat_(out: torch.Tensor, rate: float, eta: float, generator, low: float, high: float) -> torch.Tensor:
+METHODS = ("compiled", "tensor")
+
+
+def _choose_method(x: torch.Tensor, method: str | None) -> str:
+    """``None``: the compiled CPU version where it applies (numba, float32/64 on the CPU; several
+    times faster there), else the tensor version. Naming one checks it applies."""
+    if method is None:
+        return "compiled" if mutation_cpu.available(x) else "tensor"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} or None (automatic), got {method!r}.")
+    if method == "compiled" and not mutation_cpu.available(x):
+        raise ValueError(f"The compiled mutation takes float32 or float64 tensors on the CPU with numba installed; "
+                         f"got {x.dtype} on {x.device}. Use method='tensor' (or None to choose automatically).")
+    return method
+
+
+def _mutate_flat_(out: torch.Tensor, rate: float, eta: float, generator, low: float, high: float,
+                  method: str | None = None) -> torch.Tensor:
     """The mutation itself, in place on the contiguous ``out`` (arguments already checked)."""
     flat = out.view(-1)
+    if _choose_method(out, method) == "compiled":
+        if rate > 0.0 and flat.numel():
+            mutation_cpu.polynomial_mutation_(flat.numpy(), rate, eta, mutation_cpu.draw_seed(generator),
+                                              _draws_per_round(flat.numel(), rate), low, high)
+        return out
     where, u = mutation_draws(flat.numel(), rate, generator, out.device)
     if out.dtype == torch.float64:
         u = u.double()                   # exact: u is on a 24-bit grid; δ then in float64
