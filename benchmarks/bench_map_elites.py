@@ -21,18 +21,17 @@ weights. Timed on the CPU with ``--threads`` torch threads (or ours on ``--devic
    also share the mutation (drawing ~16,000 mutating genes and their steps per generation), so
    a second, tighter ceiling is ribs' time over forward pass + mutation
    (``ceiling_if_our_archive_were_free``): what ours would reach if its own archive work cost
-   nothing. On the 2-core machine of the README it is about 3×, the forward-pass ceiling about 6×:
-   5× would need the mutation (shared: it speeds ribs' loop up as much) and our archive work
-   both to be nearly free. A compiled mutation loop was tried (numba, one pass, its own random
-   stream): 0.4 ms instead of 0.6, which moves ours and ribs alike, so it was not kept.
+   nothing: 5× would need the mutation (shared: it speeds ribs' loop up as much) and our archive
+   work both to be nearly free.
 2. **Overhead over the forward pass** (the headline): our seconds per generation (sample, mutate,
    render, forward, update; a whole run divided by its generations + 1) over the seconds of the
    forward pass alone on 200 images (softmax included), for FC100-100-10 (``ratio_to_forward``,
    target 1.5×) and LeNet (target 1.1×). The mutation alone (copy the parents, mutate in place)
    over the FC forward pass is ``mutation_over_forward``: it draws only the ~10% of genes that
-   mutate, one float64 random number each for both its position and its step
-   (:func:`course.evolution.direct.mutation_draws`), yet torch's CPU generator and a dozen
-   elementwise passes over 16,000 genes still cost about 0.6× the MLP's small forward pass.
+   mutate, one 64-bit random number each for both its position and its step, compiled for the
+   CPU (:mod:`course.evolution.mutation_cpu`); ``tensor_mutation_over_forward`` is the same
+   mutation as tensor operations (``method="tensor"``, what a GPU runs), whose dozen elementwise
+   passes and torch's CPU generator cost several times more on the CPU.
 
 3. **Archive operations only**: drawing 200 parents and inserting 200 scored children, with
    precomputed random children and probabilities: what the two archives themselves cost.
@@ -174,15 +173,23 @@ def forward_seconds(model, offspring: int, generations: int, device="cpu") -> fl
     return (clock() - t) / (generations + 1)
 
 
-def mutation_seconds(encoding: DirectEncoding, offspring: int, generations: int, device="cpu") -> float:
-    """Time of one generation's mutation (copy the parents, mutate in place), as both loops do it."""
+def mutation_seconds(encoding: DirectEncoding, offspring: int, generations: int, device="cpu",
+                     method: str | None = None) -> float:
+    """Time of one generation's mutation (copy the parents, mutate in place), as both loops do it
+    (``method``: None, the encoding's own choice; "tensor", the tensor version)."""
+    from course.evolution.direct import polynomial_mutation_
+
     g = torch.Generator(device=device).manual_seed(0)
     parents = encoding.random(offspring, g)
-    encoding.mutate_(parents.clone(), g, 1)
+
+    def mutate(gen):
+        polynomial_mutation_(parents.clone(), encoding.rate_at(gen), encoding.eta, g, method=method)
+
+    mutate(1)
     _sync(device)
     t = clock()
     for gen in range(1, generations + 2):
-        encoding.mutate_(parents.clone(), g, gen)
+        mutate(gen)
     _sync(device)
     return (clock() - t) / (generations + 1)
 
@@ -254,6 +261,7 @@ def main(argv=None):
             "fwd_lenet": lambda: forward_seconds(lenet, B, G, dev),
             "fwd_fc": lambda: forward_seconds(fc, B, G, dev),
             "mutation": lambda: mutation_seconds(enc, B, G, dev),
+            "mutation_tensor": lambda: mutation_seconds(enc, B, G, dev, method="tensor"),
             "archive_ops": lambda: archive_ops_seconds(B, G, device=dev)}
     times = {k: [] for k in runs}
     for _ in range(args.rounds):
@@ -271,6 +279,7 @@ def main(argv=None):
     ratio_lenet = np.median(T["ours_lenet"] / T["fwd_lenet"])
     ratio_fc = np.median(T["ours_fc"] / T["fwd_fc"])                  # whole loop over its forward pass
     mutation_share = np.median(T["mutation"] / T["fwd_fc"])
+    tensor_mutation_share = np.median(T["mutation_tensor"] / T["fwd_fc"])
     ceiling = np.median(T["ribs_fc"] / T["fwd_fc"])   # ours if everything but the forward pass were free
     ceiling_shared = np.median(T["ribs_fc"] / (T["fwd_fc"] + T["mutation"]))  # ours if its archive were free
 
@@ -282,6 +291,8 @@ def main(argv=None):
            "fc100_100_10": {"ours_ms_per_gen": round(1e3 * ours_fc, 3),
                             "ratio_to_forward": round(float(ratio_fc), 3), "target_ratio_to_forward": 1.5,
                             "mutation_over_forward": round(float(mutation_share), 3),
+                            "tensor_mutation_over_forward": round(float(tensor_mutation_share), 3),
+                            "tensor_mutation_ms_per_gen": round(1e3 * med["mutation_tensor"], 3),
                             "ours_gen_per_s": round(1 / ours_fc, 1), "ribs_gen_per_s": round(1 / ribs_fc, 1),
                             "speedup_vs_ribs": round(float(speed_ribs), 2),
                             "forward_ms_per_gen": round(1e3 * med["fwd_fc"], 3),
@@ -303,7 +314,8 @@ def main(argv=None):
               f"untrained classifiers; device {dev}; allocator: {allocator}; {timer}")
         print(f"FC100-100-10 whole loop over its forward pass: {f['ratio_to_forward']}× (target ≤ 1.5×; "
               f"{f['ours_ms_per_gen']} ms/gen, forward {f['forward_ms_per_gen']} ms, mutation "
-              f"{f['mutation_ms_per_gen']} ms = {f['mutation_over_forward']}× the forward pass)")
+              f"{f['mutation_ms_per_gen']} ms = {f['mutation_over_forward']}× the forward pass; as tensor "
+              f"operations {f['tensor_mutation_ms_per_gen']} ms = {f['tensor_mutation_over_forward']}×)")
         print(f"FC100-100-10 whole loop: ours {f['ours_gen_per_s']} gen/s; ribs {out['ribs_version']} one 10-cell "
               f"archive {f['ribs_gen_per_s']} gen/s → {f['speedup_vs_ribs']}×; ten 1-cell archives "
               f"{f['ribs_ten_archives_gen_per_s']} gen/s → {f['speedup_vs_ribs_ten_archives']}×")

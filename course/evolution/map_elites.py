@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .. import validate
+from . import archive_cpu
 from ..modes import restore, to_eval
 
 Genomes = torch.Tensor | dict  # a tensor, or a dict of tensors, population on axis 0
@@ -163,6 +164,14 @@ class Archive:
                 self._stored = images.new_zeros((self.n_cells, *images.shape[1:]))
         elif self._same and images is not genomes:  # images that differ from the genomes after all
             self._stored, self._same = self.genomes.clone(), False
+        if self._stored is None and archive_cpu.applies(self.genomes, genomes, probs, self.scores):
+            scores, better, changed = archive_cpu.insert_(self.genomes, genomes, probs, self.scores)
+            if changed:              # the same steps as below, compiled (archive_cpu)
+                self._rendered, self.scores = None, scores
+                if not self._full:
+                    self.filled |= better
+                    self._full = bool(self.filled.all())
+            return better
         best, who = probs.max(dim=0)  # per cell: the best offspring (first one on ties)
         better = best > self.scores   # strictly better only
         cells = better.nonzero().squeeze(1)

@@ -64,8 +64,15 @@ def _split(z, w, u):  # pragma: no cover - numba
 def _steps(u, roots, exponent, span, out):  # pragma: no cover - numba
     """Pass 3: ``out[i] = δ(u[i]) · span`` in ``out``'s precision. ``roots`` ≥ 0: the power
     1/(η+1) is that many square roots; −1: ``pow(2v, exponent)``. Each loop is one simple
-    vectorisable pass over the draws."""
+    vectorisable pass over the draws (the paper's η = 15, four roots, in one)."""
     one, half, two = out.dtype.type(1.0), out.dtype.type(0.5), out.dtype.type(2.0)
+    if roots == 4:
+        for i in range(u.size):
+            x = out.dtype.type(u[i])
+            v = np.sqrt(np.sqrt(np.sqrt(np.sqrt(min(x, one - x) * two))))
+            step = (one - v) * span
+            out[i] = -step if x < half else step
+        return
     for i in range(u.size):
         x = out.dtype.type(u[i])
         out[i] = min(x, one - x) * two
@@ -81,12 +88,18 @@ def _steps(u, roots, exponent, span, out):  # pragma: no cover - numba
         out[i] = -step if u[i] < half else step
 
 
-def _apply(flat, log_w, steps, pos, inv_log_q, low, high):  # pragma: no cover - numba
-    """Pass 4: from position ``pos``, walk the gaps ``1 + ⌊log W · (1 / log q)⌋``; add each step and
-    clip. Returns the last position reached (≥ ``flat.size`` once past the end)."""
-    n = flat.size
+def _gaps(log_w, inv_log_q, gaps):  # pragma: no cover - numba
+    """Pass 3b: the geometric gaps ``1 + ⌊log W · (1 / log q)⌋`` (≥ 1: truncation is the floor)."""
     for i in range(log_w.size):
-        pos += 1 + np.int64(np.float64(log_w[i]) * inv_log_q)   # ≥ 0, so truncation is the floor
+        gaps[i] = 1 + np.int64(np.float64(log_w[i]) * inv_log_q)
+
+
+def _apply(flat, gaps, steps, pos, low, high):  # pragma: no cover - numba
+    """Pass 4: from position ``pos``, walk the gaps; add each step and clip. Returns the last
+    position reached (≥ ``flat.size`` once past the end)."""
+    n = flat.size
+    for i in range(gaps.size):
+        pos += gaps[i]
         if pos >= n:
             return pos
         flat[pos] = min(max(flat[pos] + steps[i], low), high)
@@ -97,9 +110,10 @@ if njit:
     _mix_c = njit(cache=True, nogil=True, boundscheck=False)(_mix)
     _split_c = njit(cache=True, nogil=True, boundscheck=False)(_split)
     _steps_c = njit(cache=True, nogil=True, boundscheck=False)(_steps)
+    _gaps_c = njit(cache=True, nogil=True, boundscheck=False)(_gaps)
     _apply_c = njit(cache=True, nogil=True, boundscheck=False)(_apply)
 else:  # pragma: no cover
-    _mix_c = _split_c = _steps_c = _apply_c = None
+    _mix_c = _split_c = _steps_c = _gaps_c = _apply_c = None
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -123,12 +137,14 @@ def draw_seed(generator: torch.Generator | None) -> int:
 
 
 def _round(seed: int, start: int, k: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """Draws ``start .. start + k`` of the stream: (log W, u), float32."""
+    """Draws ``start .. start + k`` of the stream: (the int64 gaps, the float32 u's)."""
     z, w, u = np.empty(k, np.uint64), np.empty(k, np.float32), np.empty(k, np.float32)
     _mix_c(np.uint64((seed + start * _GAMMA) & _MASK64), z)
     _split_c(z, w, u)
     np.log(w, out=w)
-    return w, u
+    gaps = z.view(np.int64)            # z is spent: its memory holds the gaps
+    _gaps_c(w, _inv_log_q(rate), gaps)
+    return gaps, u
 
 
 def _inv_log_q(rate: float) -> float:
@@ -141,13 +157,13 @@ def polynomial_mutation_(flat: np.ndarray, rate: float, eta: float, seed: int, p
     caller; ``0 < rate ≤ 1``): each gene with probability ``rate``, by a polynomial step, clipped.
     ``per_round``: draws per pass (a second round follows in the rare case they fall short)."""
     dt = flat.dtype.type
-    inv_log_q, roots = _inv_log_q(rate), _roots(eta)
+    roots = _roots(eta)
     pos, start = -1, 0
     while pos < flat.size - 1:   # almost always a single round
-        log_w, u = _round(seed, start, per_round, rate)
+        gaps, u = _round(seed, start, per_round, rate)
         steps = np.empty(per_round, flat.dtype)
         _steps_c(u, roots, dt(1.0 / (eta + 1.0)), dt(high - low), steps)
-        pos = _apply_c(flat, log_w, steps, pos, inv_log_q, dt(low), dt(high))
+        pos = _apply_c(flat, gaps, steps, pos, dt(low), dt(high))
         start += per_round
     return flat
 
@@ -155,11 +171,10 @@ def polynomial_mutation_(flat: np.ndarray, rate: float, eta: float, seed: int, p
 def draws(n: int, rate: float, seed: int, per_round: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The positions and u's that :func:`polynomial_mutation_` uses for ``n`` genes (for the
     tests): (sorted int64 positions, float32 u), as :func:`course.evolution.direct.mutation_draws`."""
-    inv_log_q = _inv_log_q(rate)
     positions, us, pos, start = [], [], -1, 0
     while pos < n - 1:
-        log_w, u = _round(seed, start, per_round, rate)
-        p = pos + np.cumsum(1 + (log_w.astype(np.float64) * inv_log_q).astype(np.int64))
+        gaps, u = _round(seed, start, per_round, rate)
+        p = pos + np.cumsum(gaps)
         positions.append(p), us.append(u)
         pos, start = int(p[-1]), start + per_round
     p, u = np.concatenate(positions), np.concatenate(us)

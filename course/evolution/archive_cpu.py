@@ -1,0 +1,69 @@
+"""The archive's insertion compiled for the CPU (numba): every cell takes its best offspring if
+strictly better, in one pass, where the tensor version (:meth:`course.evolution.Archive.update`)
+costs about ten small tensor operations (max, compare, nonzero, two gathers, a scatter, a where),
+each with its dispatch cost, which for a small classifier is a large share of a generation.
+
+The same semantics to the bit: per cell the first offspring of highest probability (``max``'s
+choice on ties), a NaN anywhere in a cell's column making that cell's best NaN and so never
+better (as ``torch.max`` propagates NaN), strict improvement only, the winners' genomes copied
+into the archive's rows and the scores returned as a new array (the old one is kept in the run's
+history). It applies to a tensor of genomes, float32 or float64, with float32 probabilities and
+scores on the CPU (:func:`applies`); anything else (a dict of CPPN tensors, a GPU) takes the
+tensor version.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - numba is a dependency; the tensor version still works
+    njit = None
+
+
+def _insert(probs, scores, store, children, new_scores, better):  # pragma: no cover - numba
+    """``store[c] = children[winner]`` for every cell ``c`` whose best probability beats
+    ``scores[c]``; ``new_scores``, ``better`` written; returns how many cells changed."""
+    B, C = probs.shape
+    changed = 0
+    for c in range(C):
+        best, who, nan = probs[0, c], 0, probs[0, c] != probs[0, c]
+        for b in range(1, B):
+            p = probs[b, c]
+            if p > best:
+                best, who = p, b
+            elif p != p:
+                nan = True
+        if not nan and best > scores[c]:
+            store[c, :] = children[who, :]
+            new_scores[c], better[c] = best, True
+            changed += 1
+        else:
+            new_scores[c], better[c] = scores[c], False
+    return changed
+
+
+_insert_c = njit(cache=True, nogil=True, boundscheck=False)(_insert) if njit else None
+
+
+def applies(store, children, probs: torch.Tensor, scores: torch.Tensor) -> bool:
+    """True when :func:`insert_` can take these: numba, tensors on the CPU, genomes float32 or
+    float64 of one dtype and row shape, contiguous, float32 probabilities and scores."""
+    return (_insert_c is not None and isinstance(store, torch.Tensor) and isinstance(children, torch.Tensor)
+            and store.device.type == "cpu" and children.device.type == "cpu" and probs.device.type == "cpu"
+            and store.dtype == children.dtype and store.dtype in (torch.float32, torch.float64)
+            and store.shape[1:] == children.shape[1:] and store.is_contiguous() and children.is_contiguous()
+            and probs.dtype == torch.float32 and scores.dtype == torch.float32 and scores.device.type == "cpu")
+
+
+def insert_(store: torch.Tensor, children: torch.Tensor, probs: torch.Tensor,
+            scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Insert scored ``children`` into ``store`` in place (see the module docstring). Returns
+    (new scores, the (cells,) bool mask of cells that changed, how many changed)."""
+    n_cells = len(store)
+    new_scores = np.empty(n_cells, np.float32)
+    better = np.empty(n_cells, np.bool_)
+    changed = _insert_c(np.ascontiguousarray(probs.numpy()), scores.numpy(), store.view(n_cells, -1).numpy(),
+                        children.view(len(children), -1).numpy(), new_scores, better)
+    return torch.from_numpy(new_scores), torch.from_numpy(better), int(changed)
