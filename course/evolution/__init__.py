@@ -3,8 +3,9 @@
 >>> from course.evolution import map_elites, DirectEncoding, CPPNEncoding
 >>> archive, history = map_elites(model, DirectEncoding(), generations=200, offspring=200)
 
-- :mod:`.map_elites`: the algorithm and its archive (one cell per class, every-cell insertion);
-- :mod:`.direct`: one gene per pixel, polynomial mutation;
+- :mod:`.map_elites`: the algorithm and its archive (one cell per class, every-cell insertion;
+  the insertion compiled for the CPU in :mod:`.archive_cpu`);
+- :mod:`.direct`: one gene per pixel, polynomial mutation (compiled for the CPU in :mod:`.mutation_cpu`);
 - :mod:`.cppn`: CPPN genomes as padded tensors and a renderer for a whole population at once.
 """
 from .cppn import ACTIVATIONS, CPPNEncoding, coordinates, render_reference

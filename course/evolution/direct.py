@@ -14,7 +14,10 @@ rare. For the direct encoding ``low, high = 0, 1``. The paper halves the rate ev
 generations ([S]); the authors' code keeps it static and adds simulated binary crossover ([C]).
 We keep the static rate by default (``halving_every=None``) and do no crossover.
 
-A population is one tensor ``(P, C, H, W)``: mutation and rendering are single tensor expressions.
+A population is one tensor ``(P, C, H, W)``. Only the genes that mutate (about 10%) draw random
+numbers: the gaps between them are geometric (:func:`mutation_draws`). The tensor version here runs
+on any device; on the CPU the same mutation runs compiled (:mod:`~course.evolution.mutation_cpu`,
+about 3× faster there, another random stream of the same distribution); ``method=`` picks one.
 """
 from __future__ import annotations
 
@@ -134,10 +137,11 @@ def mutation_draws(n: int, rate: float, generator: torch.Generator | None = None
     float32 (24 bits are plenty for ⌊log W / log q⌋; W ≥ 2⁻²⁹ caps a gap at
     ``log 2⁻²⁹ / log q``, 191 at the paper's rate, a tail of probability 2⁻²⁹ ≈ 1.9e-9).
 
-    Drawing the random numbers is what costs on the CPU (a float64 costs barely more than a
-    float32 from torch's generator), so one draw per gene instead of two (a float64 gap, then a
-    float32 u) saves about a quarter of the mutation's time. Apple's MPS has no float64: there the gaps and the
-    u's are two float32 draws (see :func:`_geometric_gaps`).
+    One draw per gene instead of two (a float64 gap, then a float32 u) saves about a quarter of
+    the tensor version's time (a float64 costs barely more than a float32 from torch's
+    generator). Apple's MPS has no float64: there the gaps and the u's are two float32 draws (see
+    :func:`_geometric_gaps`). The compiled CPU version draws its own way
+    (:mod:`~course.evolution.mutation_cpu`).
     """
     if rate <= 0.0 or n == 0:
         return (torch.empty(0, dtype=torch.long, device=device),
