@@ -28,8 +28,13 @@ the per-round ratios.
   (4) ``abs_().clamp_(max=1)`` on the output rows. Dependencies between nodes are ignored, so no
   renderer can do this arithmetic in fewer or bigger ops. Blocks hold at most ``max_floats`` (2^24,
   the renderer's own budget), 2^20 or 2^18 (1 MiB: a genome or two at 224×224, in the L2 cache)
-  floats per array; the fastest of the three is the floor.
-  Writing the returned images into fresh memory is not in it.
+  floats per array. The same with *sparse* input terms: step (1) dropped and one multiply-add per
+  input connection per pixel added to step (2)'s ``addcmul_`` (cheaper where nodes have one or two
+  inputs). The fastest of these six arrangements is the floor (``floor_s``; each arrangement's best
+  is ``floor_dense_inputs_s``, ``floor_sparse_inputs_s``). Writing the returned images into fresh
+  memory is not in it. Beneath it, ``activations_only_s``: step (3) alone on cache-sized blocks,
+  every computed node's activation on every pixel, which no renderer with these activation
+  functions can avoid (``ours_over_activations_only``).
 
 Allocator: glibc's malloc is told to keep freed memory (``course.memory.keep_freed_memory``, what
 ``course run`` sets for every lesson), for all renderers alike; ``--default-malloc`` leaves it as
@@ -211,12 +216,20 @@ class Floor:
        (numpy's SIMD functions, the per-genome renderer's own: the fastest at hand on a CPU);
     4. the outputs: ``abs_().clamp_(max=1)`` on their (genomes × channels, pixels) rows.
 
+    ``mode="sparse"`` replaces step 1 by one multiply-add per *input* connection too (in step 2's
+    single ``addcmul_``): cheaper for nodes with one or two inputs, dearer for nodes with all four
+    (a product of (T_b, 4) by (4, pixels) is one pass over the output); the floor is the faster of
+    the two. ``mode="activations"``: step 3 alone, each computed node's activation on every pixel
+    of a cache-sized block, which no renderer with these activation functions can avoid: a lower
+    bound under the floor, reported beside it.
+
     Nothing else: no planning, no gathering, no allocation. The nodes' dependencies are ignored
     (ops 1–3 run once each over the whole block), so no renderer can do this arithmetic with
     fewer or bigger ops. Real weights and coordinates are used, so the activations see values of
     the genomes' own range."""
 
-    def __init__(self, genomes: list, plans: list, H: int, W: int, block_floats: int):
+    def __init__(self, genomes: list, plans: list, H: int, W: int, block_floats: int, mode: str = "dense"):
+        self.mode = mode  # "dense" (step 1 as above), "sparse" (see run) or "activations" (step 3 alone)
         # The fastest activations at hand on a CPU: numpy's SIMD loops, in place (the per-genome
         # renderer's own; torch's sin and exp are 2-3x slower here).
         self.acts = [lambda t, f=f: f(t.numpy()) for f in NP_ACTIVATIONS_INPLACE]
@@ -230,6 +243,8 @@ class Floor:
                 new = [(acts[n], [float(w) if s < N_INPUTS else 0.0 for s, w in _dense(sources[n])])
                        for n in plans[j]]
                 hw = [float(w) for n in plans[j] for s, w in sources[n] if s >= N_INPUTS]
+                if mode == "sparse":   # every connection, input or hidden, is one multiply-add
+                    hw += [float(w) for n in plans[j] for s, w in sources[n] if s < N_INPUTS]
                 if rows and max(len(rows) + len(new), len(hidden_w) + len(hw)) * HW > block_floats:
                     break
                 rows += new
@@ -255,15 +270,17 @@ class Floor:
     def run(self) -> None:
         for w_in, w_h, counts, n_out in self.blocks:
             Y = self.Y[:len(w_in)]
-            torch.mm(w_in, self.inputs, out=Y)
-            if len(w_h):
+            if self.mode == "dense":
+                torch.mm(w_in, self.inputs, out=Y)
+            if len(w_h) and self.mode != "activations":
                 self.acc[:len(w_h)].addcmul_(self.S[:len(w_h)], w_h)
             start = 0
             for a, c in enumerate(counts):
                 if c:
                     self.acts[a](Y[start:start + c])
                 start += c
-            Y[:n_out].abs_().clamp_(max=1.0)
+            if self.mode != "activations":
+                Y[:n_out].abs_().clamp_(max=1.0)
 
     def seconds(self) -> float:
         t = time.process_time()
@@ -343,15 +360,21 @@ def main(argv=None):
         ours_img = enc.render(pop, (H, H)).cpu()
         truth = enc64.render(pop64, (H, H)).numpy()
         inputs = numpy_inputs(H, H)
-        floors = [Floor(genomes, plans, H, H, b) for b in sorted({enc.max_floats, 1 << 20, 1 << 18})]
+        blocks = sorted({enc.max_floats, 1 << 20, 1 << 18})
+        floors = {mode: [Floor(genomes, plans, H, H, b, mode) for b in blocks] for mode in ("dense", "sparse")}
+        act_floor = Floor(genomes, plans, H, H, 1 << 18, "activations")
         idx = subset[:n_neat].tolist()
         ours_t, np_t, np_eval_t, floor_t, neat_t, neat_err = [], [], [], [], [], 0.0
+        dense_t, sparse_t, act_t = [], [], []
         for _ in range(args.rounds):        # all of them, round after round (the machine may be shared)
             ours_t.append(time_ours(enc, pop, (H, H)))
             t, np_imgs = time_numpy(genomes, inputs)
             np_t.append(t)
             np_eval_t.append(time_numpy(genomes, inputs, plans)[0])
-            floor_t.append(min(f.seconds() for f in floors))
+            dense_t.append(min(f.seconds() for f in floors["dense"]))
+            sparse_t.append(min(f.seconds() for f in floors["sparse"]))
+            floor_t.append(min(dense_t[-1], sparse_t[-1]))
+            act_t.append(act_floor.seconds())
             if n_neat:
                 per, e = time_neat(cpu_pop, idx, H, H, ours_img)
                 neat_t.append(per * args.genomes)
@@ -366,6 +389,10 @@ def main(argv=None):
              "ours_ms_per_genome": round(1e3 * statistics.median(ours_t) / args.genomes, 4),
              "numpy_s": round(statistics.median(np_t), 4), "numpy_eval_only_s": round(statistics.median(np_eval_t), 4),
              "floor_s": round(statistics.median(floor_t), 4),
+             "floor_dense_inputs_s": round(statistics.median(dense_t), 4),
+             "floor_sparse_inputs_s": round(statistics.median(sparse_t), 4),
+             "activations_only_s": round(statistics.median(act_t), 4),
+             "ours_over_activations_only": ratio(ours_t, act_t),
              "speedup_vs_numpy": ratio(np_t, ours_t), "speedup_vs_numpy_eval_only": ratio(np_eval_t, ours_t),
              "ours_over_floor": ratio(ours_t, floor_t), "numpy_over_floor": ratio(np_t, floor_t),
              "numpy_allclose_ours": bool(np.allclose(np_img, ours_np, rtol=0, atol=1e-3)),
@@ -391,7 +418,9 @@ def main(argv=None):
                   f"numpy per genome {r['numpy_s']:.3f} s → {r['speedup_vs_numpy']:.2f}× "
                   f"({r['speedup_vs_numpy_eval_only']:.2f}× with its plans precomputed); "
                   f"pixel-math floor {r['floor_s']:.3f} s → ours/floor {r['ours_over_floor']:.2f}× "
-                  f"(numpy/floor {r['numpy_over_floor']:.2f}×)")
+                  f"(numpy/floor {r['numpy_over_floor']:.2f}×; dense inputs {r['floor_dense_inputs_s']:.3f} s, "
+                  f"sparse {r['floor_sparse_inputs_s']:.3f} s); the activations alone "
+                  f"{r['activations_only_s']:.3f} s → ours {r['ours_over_activations_only']:.2f}× that")
             print(f"    numpy allclose ours (atol 1e-3): {r['numpy_allclose_ours']}, max |numpy − ours| "
                   f"{r['max_abs_diff_numpy_vs_ours']:.1e}; max error vs float64: ours "
                   f"{r['max_abs_err_ours_vs_float64']:.1e}, numpy {r['max_abs_err_numpy_vs_float64']:.1e}")

@@ -284,8 +284,12 @@ class CPPNEncoding:
         is_input, is_output, is_hidden = is_input[:N], is_output[:N], is_hidden[:N]
         rows = torch.arange(P, device=dev)
 
-        # Point mutations, vectorised over every gene of every genome.
-        weight = torch.where(conn, polynomial_mutation(weight, r["weight_rate"], self.eta, g, -W, W), 0.0)
+        # Point mutations, vectorised over every gene of every genome. The weights take the tensor
+        # version of the mutation on every device (not the CPU's compiled one, another random
+        # stream): the lessons' recorded CPPN runs drew this stream, and the weights' mutation is a
+        # small share of a CPPN generation, which the render and the classifier dominate.
+        weight = torch.where(conn, polynomial_mutation(weight, r["weight_rate"], self.eta, g, -W, W,
+                                                       method="tensor"), 0.0)
         redraw = (torch.rand((P, N), generator=g, device=dev) < r["activation_rate"]) & alive & ~is_input
         act = torch.where(redraw, torch.randint(len(ACTIVATIONS), (P, N), generator=g, device=dev), act)
 

@@ -112,8 +112,21 @@ if njit:
     _steps_c = njit(cache=True, nogil=True, boundscheck=False)(_steps)
     _gaps_c = njit(cache=True, nogil=True, boundscheck=False)(_gaps)
     _apply_c = njit(cache=True, nogil=True, boundscheck=False)(_apply)
+
+    @njit(cache=True, nogil=True)
+    def _uniforms_c(seed, z, w, u):  # pragma: no cover - numba
+        """Passes 1a and 1b in one call."""
+        _mix_c(seed, z)
+        _split_c(z, w, u)
+
+    @njit(cache=True, nogil=True)
+    def _walk_c(flat, log_w, u, gaps, steps, roots, exponent, span, pos, inv_log_q, low, high):  # pragma: no cover
+        """Passes 3, 3b and 4 in one call (each Python-to-compiled call costs a few µs)."""
+        _gaps_c(log_w, inv_log_q, gaps)
+        _steps_c(u, roots, exponent, span, steps)
+        return _apply_c(flat, gaps, steps, pos, low, high)
 else:  # pragma: no cover
-    _mix_c = _split_c = _steps_c = _gaps_c = _apply_c = None
+    _mix_c = _split_c = _steps_c = _gaps_c = _apply_c = _uniforms_c = _walk_c = None
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -139,8 +152,7 @@ def draw_seed(generator: torch.Generator | None) -> int:
 def _round(seed: int, start: int, k: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
     """Draws ``start .. start + k`` of the stream: (the int64 gaps, the float32 u's)."""
     z, w, u = np.empty(k, np.uint64), np.empty(k, np.float32), np.empty(k, np.float32)
-    _mix_c(np.uint64((seed + start * _GAMMA) & _MASK64), z)
-    _split_c(z, w, u)
+    _uniforms_c(np.uint64((seed + start * _GAMMA) & _MASK64), z, w, u)
     np.log(w, out=w)
     gaps = z.view(np.int64)            # z is spent: its memory holds the gaps
     _gaps_c(w, _inv_log_q(rate), gaps)
@@ -157,13 +169,15 @@ def polynomial_mutation_(flat: np.ndarray, rate: float, eta: float, seed: int, p
     caller; ``0 < rate ≤ 1``): each gene with probability ``rate``, by a polynomial step, clipped.
     ``per_round``: draws per pass (a second round follows in the rare case they fall short)."""
     dt = flat.dtype.type
-    roots = _roots(eta)
+    roots, inv_log_q = _roots(eta), _inv_log_q(rate)
+    z, w, u = np.empty(per_round, np.uint64), np.empty(per_round, np.float32), np.empty(per_round, np.float32)
+    steps = np.empty(per_round, flat.dtype)
     pos, start = -1, 0
-    while pos < flat.size - 1:   # almost always a single round
-        gaps, u = _round(seed, start, per_round, rate)
-        steps = np.empty(per_round, flat.dtype)
-        _steps_c(u, roots, dt(1.0 / (eta + 1.0)), dt(high - low), steps)
-        pos = _apply_c(flat, gaps, steps, pos, dt(low), dt(high))
+    while pos < flat.size - 1:   # almost always a single round (the same passes as _round, then the walk)
+        _uniforms_c(np.uint64((seed + start * _GAMMA) & _MASK64), z, w, u)
+        np.log(w, out=w)
+        pos = _walk_c(flat, w, u, z.view(np.int64), steps, roots, dt(1.0 / (eta + 1.0)), dt(high - low), pos,
+                      inv_log_q, dt(low), dt(high))
         start += per_round
     return flat
 
