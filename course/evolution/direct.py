@@ -182,8 +182,9 @@ def _choose_method(x: torch.Tensor, method: str | None) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} or None (automatic), got {method!r}.")
     if method == "compiled" and not mutation_cpu.available(x):
-        raise ValueError(f"The compiled mutation takes float32 or float64 tensors on the CPU with numba installed; "
-                         f"got {x.dtype} on {x.device}. Use method='tensor' (or None to choose automatically).")
+        raise ValueError("The compiled mutation takes float32 or float64 CPU tensors that need no gradient, with "
+                         f"numba installed; got {x.dtype} on {x.device}. Use method='tensor' (or None to choose "
+                         "automatically).")
     return method
 
 
