@@ -49,12 +49,13 @@ _insert_c = njit(cache=True, nogil=True, boundscheck=False)(_insert) if njit els
 
 def applies(store, children, probs: torch.Tensor, scores: torch.Tensor) -> bool:
     """True when :func:`insert_` can take these: numba, tensors on the CPU, genomes float32 or
-    float64 of one dtype and row shape, contiguous, float32 probabilities and scores."""
+    float64 of one dtype and row shape, contiguous, float32 probabilities and scores, no gradients."""
     return (_insert_c is not None and isinstance(store, torch.Tensor) and isinstance(children, torch.Tensor)
             and store.device.type == "cpu" and children.device.type == "cpu" and probs.device.type == "cpu"
             and store.dtype == children.dtype and store.dtype in (torch.float32, torch.float64)
             and store.shape[1:] == children.shape[1:] and store.is_contiguous() and children.is_contiguous()
-            and probs.dtype == torch.float32 and scores.dtype == torch.float32 and scores.device.type == "cpu")
+            and probs.dtype == torch.float32 and scores.dtype == torch.float32 and scores.device.type == "cpu"
+            and not (probs.requires_grad or children.requires_grad))
 
 
 def insert_(store: torch.Tensor, children: torch.Tensor, probs: torch.Tensor,
