@@ -149,11 +149,16 @@ def draw_seed(generator: torch.Generator | None) -> int:
     return int(s) & _MASK64
 
 
+def _draw_into(seed: int, start: int, z: np.ndarray, w: np.ndarray, u: np.ndarray) -> None:
+    """Draws ``start .. start + len(z)`` of the stream into the buffers: ``w`` = log W, ``u``; ``z`` is spent."""
+    _uniforms_c(np.uint64((seed + start * _GAMMA) & _MASK64), z, w, u)
+    np.log(w, out=w)
+
+
 def _round(seed: int, start: int, k: int, rate: float) -> tuple[np.ndarray, np.ndarray]:
     """Draws ``start .. start + k`` of the stream: (the int64 gaps, the float32 u's)."""
     z, w, u = np.empty(k, np.uint64), np.empty(k, np.float32), np.empty(k, np.float32)
-    _uniforms_c(np.uint64((seed + start * _GAMMA) & _MASK64), z, w, u)
-    np.log(w, out=w)
+    _draw_into(seed, start, z, w, u)
     gaps = z.view(np.int64)            # z is spent: its memory holds the gaps
     _gaps_c(w, _inv_log_q(rate), gaps)
     return gaps, u
@@ -173,9 +178,8 @@ def polynomial_mutation_(flat: np.ndarray, rate: float, eta: float, seed: int, p
     z, w, u = np.empty(per_round, np.uint64), np.empty(per_round, np.float32), np.empty(per_round, np.float32)
     steps = np.empty(per_round, flat.dtype)
     pos, start = -1, 0
-    while pos < flat.size - 1:   # almost always a single round (the same passes as _round, then the walk)
-        _uniforms_c(np.uint64((seed + start * _GAMMA) & _MASK64), z, w, u)
-        np.log(w, out=w)
+    while pos < flat.size - 1:   # almost always a single round (the draws of _round, then the walk)
+        _draw_into(seed, start, z, w, u)
         pos = _walk_c(flat, w, u, z.view(np.int64), steps, roots, dt(1.0 / (eta + 1.0)), dt(high - low), pos,
                       inv_log_q, dt(low), dt(high))
         start += per_round
