@@ -1,4 +1,5 @@
 """MAP-Elites, the direct and CPPN encodings: statistics, exactness, semantics, determinism, errors."""
+import functools
 import math
 
 import numpy as np
@@ -318,6 +319,52 @@ def test_cppn_float32_render_and_chunking_agree():
         assert torch.allclose(CPPNEncoding(max_hidden=10).render(pop32, method=method), full.float(), atol=1e-3)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("hw", [(28, 28), (9, 13), (40, 30)])          # 40×30: two tiles of pixels
+@pytest.mark.parametrize("weight_range", [10.0, 1e4, 1e5])
+def test_cppn_compiled_renderer_is_the_exact_cppn_rounded_once(channels, hw, weight_range):
+    """The compiled CPU renderer computes in float64: its float32 image is the per-pixel float64
+    reference (on the same float32 weights) rounded once, to within one float32 step of 1. Evolved
+    genomes at the paper's weights; start genomes (inputs straight into the outputs, so the
+    comparison stays well conditioned) at large ones: sin's own reduction up to |x| ≈ 6e4, the
+    library sin beyond 1e5."""
+    if weight_range == 10.0:
+        enc, pop = evolved_cppns(channels, rounds=25, dtype=torch.float32)
+        assert int(enc.sizes(pop)[0].max()) >= 3
+    else:
+        enc = CPPNEncoding(shape=(channels, 28, 28), max_hidden=2, weight_range=weight_range)
+        pop = enc.random(16, gen(4))
+    hidden, _ = enc.sizes(pop)
+    images = enc.render(pop, shape=hw, method="compiled")
+    assert images.dtype == torch.float32 and images.shape == (len(hidden), channels, *hw)
+    acts = set()
+    for i in range(len(hidden)):
+        ref = render_reference({k: v[i] for k, v in pop.items()}, (channels, *hw)).astype(np.float32)
+        np.testing.assert_allclose(images[i].numpy(), ref, atol=2 ** -24, rtol=0)
+        acts |= set(pop["act"][i][pop["alive"][i]].tolist())
+    assert acts == {0, 1, 2, 3}                                       # every activation drawn
+
+
+def test_cppn_compiled_renderer_edge_cases():
+    """A genome's image is its own wherever it sits in the batch (bit for bit); a NaN weight gives
+    NaN pixels through every activation, as the other renderers do; a cycle is named."""
+    enc, pop = evolved_cppns(1, n=8, dtype=torch.float32)
+    full = enc.render(pop, method="compiled")
+    assert torch.equal(enc.render({k: v[[5, 2]] for k, v in pop.items()}, method="compiled"), full[[5, 2]])
+    start = enc.random(4, gen(1))                                     # inputs wired straight to the output
+    start["act"][:, N_INPUTS] = torch.arange(4)                       # one genome per activation
+    start["weight"][:, N_INPUTS, 0] = float("nan")
+    for method in ("compiled", "batched"):
+        assert enc.render(start, method=method).isnan().all()
+    cyclic = enc.random(1, gen(2))
+    h = N_INPUTS + 1                                                  # the first hidden slot
+    cyclic["alive"][0, h] = True
+    cyclic["conn"][0, N_INPUTS, h] = cyclic["conn"][0, h, h] = True   # output ← h ← h
+    cyclic["weight"][0, N_INPUTS, h] = cyclic["weight"][0, h, h] = 1.0
+    with pytest.raises(ValueError, match="genome 0 has a cycle"):
+        enc.render(cyclic, method="compiled")
+
+
 @pytest.mark.parametrize("channels,rounds", [(1, 15), (3, 40)])
 def test_cppn_compiled_plan_equals_the_tensor_plan(channels, rounds):
     """The CPU's compiled plan is the tensor plan index for index (so images are the same bits)."""
@@ -335,12 +382,20 @@ def test_cppn_compiled_plan_equals_the_tensor_plan(channels, rounds):
 
 
 def test_cppn_render_method_is_chosen_by_size_and_checked():
-    """Large images on the CPU are drawn genome by genome; each genome's image is then its own,
-    whatever else is in the batch (bit for bit), and a bad method is named."""
+    """On the CPU, float32 genomes up to 96×96 are drawn by the compiled renderer and larger ones
+    genome by genome with numpy, each genome's image then its own whatever else is in the batch
+    (bit for bit); float64 ones below 40×40 by the batched renderer; a bad method is named."""
     from course.evolution import cppn
 
     enc, pop = evolved_cppns(3, n=8, dtype=torch.float32)
-    side = int(math.isqrt(cppn.PER_GENOME_PIXELS))
+    assert torch.equal(enc.render(pop), enc.render(pop, method="compiled"))
+    assert torch.equal(enc.render(pop, shape=(96, 96)), enc.render(pop, shape=(96, 96), method="compiled"))
+    assert torch.equal(enc.render(pop, shape=(97, 96)), enc.render(pop, shape=(97, 96), method="per-genome"))
+    pop64 = {k: (v.double() if v.is_floating_point() else v) for k, v in pop.items()}
+    assert torch.equal(enc.render(pop64), enc.render(pop64, method="batched"))
+    with pytest.raises(ValueError, match="float32 genomes on the CPU"):
+        enc.render(pop64, method="compiled")
+    side = int(math.isqrt(cppn.COMPILED_PIXELS)) + 1
     big = enc.render(pop, shape=(side, side))
     assert torch.equal(big, enc.render(pop, shape=(side, side), method="per-genome"))
     assert torch.allclose(big, enc.render(pop, shape=(side, side), method="batched"), atol=1e-4)
@@ -470,22 +525,25 @@ def test_lazy_archive_renders_once_per_change_and_blanks_empty_cells():
     assert a.images is a.genomes                                       # full: the render's own output
 
 
-@pytest.mark.parametrize("hw, exact", [((32, 32), True), ((28, 28), False)])
-def test_lazy_archive_images_are_the_scored_images(hw, exact):
+@pytest.mark.parametrize("hw, method, exact", [((28, 28), None, True), ((32, 32), "batched", True),
+                                               ((28, 28), "batched", False)])
+def test_lazy_archive_images_are_the_scored_images(hw, method, exact):
     """Elites re-rendered from their genomes against the very images that were scored (kept by a
-    second archive that stores them). At 32×32 bitwise. At 28×28 the CPU renderer may round a
-    genome's pixels by a last bit differently depending on where it sits in the batch (its
-    vectorised activations' scalar tail when the pixel count is not a multiple of 64; its BLAS
-    kernel for 1-3 rows): equal to float32 rounding."""
+    second archive that stores them). Bitwise with the CPU's default (compiled) renderer, and with
+    the batched one at 32×32. At 28×28 the batched renderer may round a genome's pixels by a last
+    bit differently depending on where it sits in the batch (its vectorised activations' scalar
+    tail when the pixel count is not a multiple of 64; its BLAS kernel for 1-3 rows): equal to
+    float32 rounding."""
     enc = CPPNEncoding(shape=(1, *hw), max_hidden=12)
+    render = functools.partial(enc.render, method=method)
     model = linear_classifier(shape=(1, *hw))
     g = gen(8)
-    lazy, kept = Archive(10, render=enc.render), Archive(10)
+    lazy, kept = Archive(10, render=render), Archive(10)
     genomes = enc.random(40, g)
     for step in range(30):
         if step:
             genomes = enc.mutate(take(lazy.genomes, lazy.sample_parents(40, g)), g)
-        images = enc.render(genomes)
+        images = render(genomes)
         with torch.no_grad():
             probs = torch.softmax(model(images), dim=1)
         assert torch.equal(lazy.update(genomes, images, probs), kept.update(genomes, images, probs))
@@ -495,7 +553,7 @@ def test_lazy_archive_images_are_the_scored_images(hw, exact):
         assert torch.equal(lazy.images, kept.images)
     else:
         torch.testing.assert_close(lazy.images, kept.images, atol=1e-6, rtol=0)
-    assert torch.equal(lazy.images, enc.render(lazy.genomes))          # the stored genomes, rendered
+    assert torch.equal(lazy.images, render(lazy.genomes))          # the stored genomes, rendered
 
 
 def test_map_elites_stores_direct_images_once():
