@@ -40,6 +40,20 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def source_fingerprint(*modules) -> str:
+    """A short hash of the source of ``modules`` (a package counts all its ``.py`` files): put in a
+    config, it keys a saved result to the code that made it, so a changed algorithm (a new random
+    stream, another renderer) never resumes from a state the old code saved."""
+    h = hashlib.sha256()
+    for module in modules:
+        path = Path(module.__file__)
+        files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+        for f in files:
+            h.update(f"{module.__name__}/{f.relative_to(path.parent).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def checkpoint_paths(name: str, config: dict, folder: Path | None = None) -> tuple[Path, Path]:
     folder = Path(folder) if folder else cache_root() / "checkpoints"
     stem = f"{name}-{config_key(config)}"

@@ -227,6 +227,44 @@ def test_fooling_class_resumes_to_the_same_result(tmp_path):
             assert torch.equal(a, b)
 
 
+def test_saved_states_are_keyed_by_the_code_that_made_them(tmp_path, monkeypatch):
+    """A changed evolution or training code (another random stream, renderer, attack) does not
+    resume from what the old code saved; the same code does."""
+    import course.retraining.adversarial as adv
+    import course.retraining.fooling_class as fc
+
+    _fool(tmp_path / "f", 1)
+    assert _fool(tmp_path / "f", 1).info["resumed_from"] == 1
+    _adv(tmp_path / "a", 1)
+    assert _adv(tmp_path / "a", 1).info["resumed_from_epoch"] == 1
+    monkeypatch.setattr(fc, "source_fingerprint", lambda *modules: "other code")
+    monkeypatch.setattr(adv, "source_fingerprint", lambda *modules: "other code")
+    assert _fool(tmp_path / "f", 1).info["resumed_from"] == 0
+    assert _adv(tmp_path / "a", 1).info["resumed_from_epoch"] == 0
+
+
+def test_source_fingerprint_follows_every_file_of_a_package(tmp_path, monkeypatch):
+    import importlib
+
+    from course.checkpoints import source_fingerprint
+
+    pkg = tmp_path / "fp_pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("X = 1\n")
+    (pkg / "sub" / "b.py").write_text("Y = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package, module = importlib.import_module("fp_pkg"), importlib.import_module("fp_pkg.a")
+    before = source_fingerprint(package)
+    assert source_fingerprint(package) == before and len(before) == 16
+    assert source_fingerprint(module) != before                       # one file is not the package
+    (pkg / "sub" / "b.py").write_text("Y = 3\n")                       # a file deep inside
+    after = source_fingerprint(package)
+    assert after != before
+    (pkg / "sub" / "b.py").write_text("Y = 2\n")
+    assert source_fingerprint(package) == before
+
+
 def test_fooling_class_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="iterations must be a positive"):
         _fool(tmp_path, 0)

@@ -41,6 +41,7 @@ the same order from the same initial weights.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -49,7 +50,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import attacks
 from ..attacks import AttackResult, lbfgs_attack
+from ..checkpoints import source_fingerprint
+from . import layers as layers_module, pool as pool_module
 from ..models import weight_decay_penalty
 from ..train import error_rate, predict_logits
 from .layers import LayersAbove, activations_at, n_hidden_layers
@@ -148,8 +152,9 @@ def adversarial_training(model: nn.Module, train, *, epochs: int, layers=(0,), p
     (None: no bound). See the module docstring for the rest.
 
     With ``name``, the whole training state (weights, optimizer, pools, random generators) is saved
-    after every epoch under ``name`` and a key of the config (epochs excluded), atomically; a later
-    call with the same config resumes after the last saved epoch — so an interrupted run goes on
+    after every epoch under ``name`` and a key of the config (epochs excluded) and of the source of
+    :mod:`course.attacks` and the training modules, atomically; a later call with the same config
+    and code resumes after the last saved epoch — so an interrupted run goes on
     where it stopped, and a finished one returns at once. ``callback(epoch, row)`` runs after each
     saved epoch.
     """
@@ -188,7 +193,8 @@ def adversarial_training(model: nn.Module, train, *, epochs: int, layers=(0,), p
     attack = {**TRAINING_ATTACK, **(attack or {})}
     device = next(model.parameters()).device
     lam = getattr(model, "config", {}).get("weight_decay", 0.0)
-    config = {"version": VERSION, "model": getattr(model, "config", {}), "init": _fingerprint(model),
+    config = {"version": VERSION, "code": source_fingerprint(attacks, layers_module, pool_module, sys.modules[__name__]),
+              "model": getattr(model, "config", {}), "init": _fingerprint(model),
               "source": getattr(train, "source", None), "n_train": n_train, "layers": list(layers),
               "pool_size": pool_size if layers else None, "refresh": refresh if layers else None,
               "refresh_every": refresh_every if layers else None, "per_batch": per_batch if layers else None,

@@ -19,7 +19,8 @@ One iteration ``k`` (network ``N_k``, fooling set ``F_k``; ``N_0`` is the given 
 Choice: the network is *fine-tuned* from the previous iteration (cheap), not retrained from scratch.
 
 After steps 1–2 and after step 3 the whole state is saved (:mod:`.state`, keyed by the config,
-the number of iterations excluded): a rerun resumes from the last saved step, and asking for more
+the number of iterations excluded, and by the source of :mod:`course.evolution` and this module,
+so changed code never resumes from what the old code saved): a rerun resumes from the last saved step, and asking for more
 iterations later reuses the ones already made. Nothing depends on MNIST: an ImageNet classifier
 with 1000 outputs (widened to 1001) or 1001 takes the same path, given encodings of its image shape.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -35,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import evolution
+from ..checkpoints import source_fingerprint
 from ..evolution import CPPNEncoding, DirectEncoding, map_elites
 from ..models import weight_decay_penalty
 from ..train import error_rate, predict_logits
@@ -203,7 +207,8 @@ def fooling_class_retraining(model: nn.Module, train, test, *, iterations: int, 
     if encodings is None:
         shape = tuple(images.shape[1:])
         encodings = {"direct": DirectEncoding(shape=shape), "cppn": CPPNEncoding(shape=shape)}
-    config = {"version": VERSION, "base": model_fingerprint(model), "n_out": n_out, "n_classes": n_classes,
+    config = {"version": VERSION, "code": source_fingerprint(evolution, sys.modules[__name__]),
+              "base": model_fingerprint(model), "n_out": n_out, "n_classes": n_classes,
               "source": getattr(train, "source", None), "n_train": len(labels), "n_test": len(test.labels),
               "encodings": {k: repr(v) for k, v in encodings.items()}, "generations": generations,
               "offspring": offspring, "initial": initial, "per_iteration": per_iteration,
