@@ -62,9 +62,9 @@ def insert_(store: torch.Tensor, children: torch.Tensor, probs: torch.Tensor,
             scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Insert scored ``children`` into ``store`` in place (see the module docstring). Returns
     (new scores, the (cells,) bool mask of cells that changed, how many changed)."""
-    n_cells = len(store)
+    n_cells = store.shape[0]
     new_scores = np.empty(n_cells, np.float32)
     better = np.empty(n_cells, np.bool_)
     changed = _insert_c(np.ascontiguousarray(probs.numpy()), scores.numpy(), store.view(n_cells, -1).numpy(),
-                        children.view(len(children), -1).numpy(), new_scores, better)
+                        children.view(children.shape[0], -1).numpy(), new_scores, better)
     return torch.from_numpy(new_scores), torch.from_numpy(better), int(changed)

@@ -71,7 +71,7 @@ def _put_rows(dest: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> Non
 
 def count(genomes: Genomes) -> int:
     """How many genomes a population holds."""
-    return len(next(iter(genomes.values()))) if isinstance(genomes, dict) else len(genomes)
+    return (next(iter(genomes.values())) if isinstance(genomes, dict) else genomes).shape[0]
 
 
 def _empty_like(genomes: Genomes, n: int) -> Genomes:
@@ -156,8 +156,9 @@ class Archive:
         """
         if probs.dim() != 2 or probs.shape[1] != self.n_cells:
             raise ValueError(f"probs must be (offspring, {self.n_cells}), got {tuple(probs.shape)}.")
-        if probs.shape[0] != len(images) or count(genomes) != len(images):
-            raise ValueError(f"{count(genomes)} genomes, {len(images)} images and {probs.shape[0]} "
+        n = images.shape[0]
+        if probs.shape[0] != n or count(genomes) != n:
+            raise ValueError(f"{count(genomes)} genomes, {n} images and {probs.shape[0]} "
                              "rows of probabilities: they must match.")
         if self.genomes is None:
             self.genomes = _empty_like(genomes, self.n_cells)

@@ -25,7 +25,9 @@ a missing numba take the tensor version (:func:`available` says which applies).
 """
 from __future__ import annotations
 
+import functools
 import math
+import threading
 
 import numpy as np
 import torch
@@ -137,6 +139,7 @@ def available(x: torch.Tensor) -> bool:
     return _mix_c is not None and x.device.type == "cpu" and x.dtype in _DTYPES and not x.requires_grad
 
 
+@functools.lru_cache(maxsize=64)
 def _roots(eta: float) -> int:
     """How many square roots make the power 1/(η+1), or −1 when η + 1 is not a power of two."""
     m = round(math.log2(eta + 1.0)) if eta + 1.0 >= 1.0 else -1
@@ -168,6 +171,25 @@ def _inv_log_q(rate: float) -> float:
     return 0.0 if rate >= 1.0 else 1.0 / math.log1p(-rate)   # rate 1: every gap is 1
 
 
+# The draws' buffers, kept between calls of one size (a generation's mutation is called thousands
+# of times with the same size; fresh arrays cost a few µs each), per thread (the compiled passes
+# release the GIL), and only up to _KEEP_DRAWS draws (beyond, allocation is a small share).
+_KEEP_DRAWS = 1 << 20
+_buffers_of_thread = threading.local()
+
+
+def _buffers(k: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(z uint64, w float32, u float32, steps ``dtype``) of ``k`` draws each."""
+    key = (k, np.dtype(dtype))
+    kept = getattr(_buffers_of_thread, "kept", None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    buffers = (np.empty(k, np.uint64), np.empty(k, np.float32), np.empty(k, np.float32), np.empty(k, dtype))
+    if k <= _KEEP_DRAWS:
+        _buffers_of_thread.kept = (key, buffers)
+    return buffers
+
+
 def polynomial_mutation_(flat: np.ndarray, rate: float, eta: float, seed: int, per_round: int,
                          low: float, high: float) -> np.ndarray:
     """Mutate the contiguous 1-D float32/float64 array ``flat`` in place (arguments checked by the
@@ -175,8 +197,7 @@ def polynomial_mutation_(flat: np.ndarray, rate: float, eta: float, seed: int, p
     ``per_round``: draws per pass (a second round follows in the rare case they fall short)."""
     dt = flat.dtype.type
     roots, inv_log_q = _roots(eta), _inv_log_q(rate)
-    z, w, u = np.empty(per_round, np.uint64), np.empty(per_round, np.float32), np.empty(per_round, np.float32)
-    steps = np.empty(per_round, flat.dtype)
+    z, w, u, steps = _buffers(per_round, flat.dtype)
     pos, start = -1, 0
     while pos < flat.size - 1:   # almost always a single round (the draws of _round, then the walk)
         _draw_into(seed, start, z, w, u)
