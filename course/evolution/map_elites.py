@@ -99,9 +99,10 @@ class Archive:
       are kept, and ``images`` renders the elites on first use after an update (then cached until
       the next update changes a cell). A 1000-cell archive of 224×224 colour images would
       otherwise hold 600 MB and copy images on every improvement. The re-rendered images are the
-      ones that were scored up to float32 rounding: the CPU renderer's BLAS kernels and
-      vectorised loops round a genome's pixels by a last bit or so differently depending on
-      where it sits in a batch (observed: at most ~4e-6, mostly equal; see the tests).
+      ones that were scored: bit for bit with the CPU's default renderers (the compiled one and
+      the per-genome one draw each genome on its own), up to float32 rounding with the batched
+      one, whose BLAS kernels and vectorised loops round a genome's pixels by a last bit or so
+      differently depending on where it sits in a batch (observed: at most ~4e-6; see the tests).
     - no ``render``, and :meth:`update` given the genomes themselves as images (the direct
       encoding, whose genome *is* the image): the images are the genomes, stored once.
     - otherwise the images passed to :meth:`update` are stored beside the genomes.
