@@ -369,8 +369,9 @@ class CPPNEncoding:
             raise ValueError("method='per-genome' draws with numpy: it needs float32 or float64 genomes "
                              f"on the CPU, got {w.dtype} on {w.device}.")
         if method == "compiled" and not _compiled_ok(w):
-            raise ValueError("method='compiled' needs float32 genomes on the CPU (and numba), got "
-                             f"{w.dtype} on {w.device}: pass method=None to pick the renderer that applies.")
+            raise ValueError("method='compiled' needs float32 genomes on the CPU that need no gradient (and "
+                             f"numba), got {w.dtype} on {w.device}: pass method=None to pick the renderer "
+                             "that applies.")
         if method is None:
             method = render_method(w, H * W)
         P = len(genomes["alive"])
@@ -492,7 +493,8 @@ NP_ACTIVATIONS_INPLACE = (_np_sin, _np_sigmoid, _np_gaussian, _np_linear)
 # 224×224 2.8x).
 PER_GENOME_PIXELS = 40 * 40
 # Up to this many pixels the CPU draws float32 genomes with the compiled renderer (measured on a
-# 2-core Intel Xeon, one thread, 300 evolved genomes: 6x the per-genome numpy renderer at 28×28,
+# 2-core Intel Xeon, one thread, beside a lesson on the other core, 300 evolved genomes: 6x the
+# per-genome numpy renderer at 28×28,
 # 1.2x at 96×96, 0.95x at 112×112, 0.8x at 224×224, where numpy's float32 SIMD activations win).
 COMPILED_PIXELS = 96 * 96
 
@@ -502,7 +504,8 @@ def _per_genome_ok(weight: torch.Tensor) -> bool:
 
 
 def _compiled_ok(weight: torch.Tensor) -> bool:
-    return weight.device.type == "cpu" and weight.dtype == torch.float32 and cppn_cpu.available()
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and not weight.requires_grad
+            and cppn_cpu.available())
 
 
 def render_method(weight: torch.Tensor, pixels: int) -> str:
