@@ -382,7 +382,8 @@ class CPPNEncoding:
         N = int(genomes["alive"].any(dim=0).nonzero().max()) + 1
         if method == "compiled":                 # plans and draws in one compiled call
             cppn_cpu.render(genomes["weight"].numpy(), genomes["conn"].numpy(), genomes["act"].numpy(), N,
-                            coordinates(H, W, dtype=torch.float64).numpy(), out.view(P, self.n_outputs, H * W).numpy())
+                            coordinates(H, W, dtype=torch.float64).numpy(),
+                            out.view(P, self.n_outputs, H * W).numpy())
             return out
         conn, alive, weight = genomes["conn"][:, :N, :N], genomes["alive"][:, :N], genomes["weight"][:, :N, :N]
         inputs = coordinates(H, W, dtype=weight.dtype, device=weight.device)

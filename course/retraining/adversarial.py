@@ -53,9 +53,9 @@ from tqdm.auto import tqdm
 from .. import attacks
 from ..attacks import AttackResult, lbfgs_attack
 from ..checkpoints import source_fingerprint
-from . import layers as layers_module, pool as pool_module
 from ..models import weight_decay_penalty
 from ..train import error_rate, predict_logits
+from . import layers as layers_module, pool as pool_module
 from .layers import LayersAbove, activations_at, n_hidden_layers
 from .pool import AdversarialPool
 from .state import load_state, remove_state, save_state
@@ -193,8 +193,8 @@ def adversarial_training(model: nn.Module, train, *, epochs: int, layers=(0,), p
     attack = {**TRAINING_ATTACK, **(attack or {})}
     device = next(model.parameters()).device
     lam = getattr(model, "config", {}).get("weight_decay", 0.0)
-    config = {"version": VERSION, "code": source_fingerprint(attacks, layers_module, pool_module, sys.modules[__name__]),
-              "model": getattr(model, "config", {}), "init": _fingerprint(model),
+    code = source_fingerprint(attacks, layers_module, pool_module, sys.modules[__name__])
+    config = {"version": VERSION, "code": code, "model": getattr(model, "config", {}), "init": _fingerprint(model),
               "source": getattr(train, "source", None), "n_train": n_train, "layers": list(layers),
               "pool_size": pool_size if layers else None, "refresh": refresh if layers else None,
               "refresh_every": refresh_every if layers else None, "per_batch": per_batch if layers else None,
