@@ -21,8 +21,9 @@ Choice: the network is *fine-tuned* from the previous iteration (cheap), not ret
 After steps 1–2 and after step 3 the whole state is saved (:mod:`.state`, keyed by the config,
 the number of iterations excluded, and by the source of :mod:`course.evolution` and this module,
 so changed code never resumes from what the old code saved): a rerun resumes from the last saved
-step, and asking for more iterations later reuses the ones already made. Nothing depends on MNIST: an ImageNet classifier
-with 1000 outputs (widened to 1001) or 1001 takes the same path, given encodings of its image shape.
+step, and asking for more iterations later reuses the ones already made. Nothing depends on
+MNIST: an ImageNet classifier with 1000 outputs (widened to 1001) or 1001 takes the same path,
+given encodings of its image shape.
 """
 from __future__ import annotations
 
