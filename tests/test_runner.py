@@ -195,8 +195,11 @@ while True:
 """
 
 DRIVER = """
-import sys
+import signal, sys
 from pathlib import Path
+# As a terminal's foreground job: Ctrl-C raises KeyboardInterrupt (a process started from a
+# background job or a worker that ignores SIGINT would inherit the ignore, and never see it).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import course.runner as r
 from course.cli import main
 real = r.find_notebooks
