@@ -154,14 +154,11 @@ def _render(weight, conn, act, n_nodes, inputs, out):  # pragma: no cover - numb
     P = weight.shape[0]
     C, HW = out.shape[1], inputs.shape[1]
     V = np.empty((n_nodes, min(TILE, HW)))           # node values by slot, on one tile of pixels
-    bound = np.empty(n_nodes)                        # an upper bound on each node's |value|
     state = np.empty(n_nodes, np.int8)
     stack = np.empty(n_nodes, np.int64)
     next_src = np.empty(n_nodes, np.int64)
     order = np.empty(n_nodes, np.int64)
     filled = -1                                      # the tile whose inputs V holds
-    for s in range(N_INPUTS):
-        bound[s] = _INPUT_BOUND
     for p in range(P):
         n = _order(conn, p, n_nodes, C, state, stack, next_src, order)
         if n < 0:
@@ -189,7 +186,7 @@ def _render(weight, conn, act, n_nodes, inputs, out):  # pragma: no cover - numb
                         else:
                             for i in range(t):
                                 v[i] += w * u[i]
-                        reach += abs(w) * bound[s]
+                        reach += abs(w) * (_INPUT_BOUND if s < N_INPUTS else 1.0)   # |activations| ≤ 1
                 if first:
                     for i in range(t):
                         v[i] = 0.0
@@ -205,7 +202,6 @@ def _render(weight, conn, act, n_nodes, inputs, out):  # pragma: no cover - numb
                     _gaussian_tile(v, t)
                 else:
                     _linear_tile(v, t)
-                bound[k] = 1.0
             for c in range(C):
                 u = V[N_INPUTS + c]
                 o = out[p, c]
