@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .pooling import MaxPool2d
+
 IMAGE_SHAPE = (1, 28, 28)
 
 
@@ -128,9 +130,9 @@ class LeNet(_MnistNet):
         super().__init__()
         self.config = {"arch": "lenet", "weight_decay": weight_decay}
         self.conv1 = nn.Conv2d(1, 20, 5)
-        self.pool1 = nn.MaxPool2d(2)
+        self.pool1 = MaxPool2d(2)
         self.conv2 = nn.Conv2d(20, 50, 5)
-        self.pool2 = nn.MaxPool2d(2)
+        self.pool2 = MaxPool2d(2)
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(50 * 4 * 4, 500)
         self.relu = nn.ReLU()
