@@ -122,6 +122,34 @@ def test_in_place_mutation_is_the_copying_one():
         polynomial_mutation_(x, 1.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_offspring_are_the_mutated_copies_of_the_parents(dtype):
+    """offspring_ = index_select, then mutate_: the same draws and bits (compiled copy for float32/64,
+    index_select + the tensor mutation for bfloat16), generation by generation and in map_elites."""
+    enc = DirectEncoding(halving_every=2)
+    store = torch.rand(10, 1, 28, 28, generator=gen(3)).to(dtype)
+    index = torch.randint(10, (37,), generator=gen(4))
+    for generation in (1, 5):
+        want = enc.mutate_(torch.index_select(store, 0, index), gen(generation), generation)
+        out = torch.empty(37, 1, 28, 28, dtype=dtype)
+        assert enc.offspring_(store, index, out, gen(generation), generation) is out
+        assert torch.equal(out, want)
+    assert not torch.equal(out, torch.index_select(store, 0, index))    # they did mutate
+    with pytest.raises(IndexError, match=r"\[0, 10\)"):
+        enc.offspring_(store.float(), torch.tensor([3, 10]), torch.empty(2, 1, 28, 28), gen(1))
+
+
+def test_map_elites_makes_the_same_children_with_and_without_offspring_():
+    class TakeThenMutate(DirectEncoding):
+        offspring_ = None
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    runs = [map_elites(model, cls(), generations=8, offspring=30, seed=2, progress=False)
+            for cls in (DirectEncoding, TakeThenMutate)]
+    assert torch.equal(runs[0].history, runs[1].history)
+    assert torch.equal(runs[0].archive.genomes, runs[1].archive.genomes)
+
+
 def test_direct_encoding_shapes_rate_and_halving():
     enc = DirectEncoding(shape=(3, 8, 8), rate=0.1, halving_every=1000)
     pop = enc.random(500, gen())

@@ -262,6 +262,27 @@ class DirectEncoding:
         """
         return polynomial_mutation_(genomes, self.rate_at(generation), self.eta, generator)
 
+    def offspring_(self, store: torch.Tensor, index: torch.Tensor, out: torch.Tensor,
+                   generator: torch.Generator, generation: int = 0) -> torch.Tensor:
+        """``out`` filled with mutated copies of the genomes ``store[index]``, and returned: the same
+        draws and result as :meth:`mutate_` on ``torch.index_select(store, 0, index, out=out)``.
+
+        :func:`~course.evolution.map_elites.map_elites` makes each generation's children this way. On
+        the CPU the parents are copied in the compiled mutation's first call (one step fewer per
+        generation); elsewhere it is that index_select, then :meth:`mutate_`.
+        """
+        rate = self.rate_at(generation)
+        if (rate > 0.0 and mutation_cpu.available(out) and out.is_contiguous() and out.numel()
+                and isinstance(store, torch.Tensor) and store.dtype == out.dtype and store.device.type == "cpu"
+                and store.is_contiguous() and not store.requires_grad and store.shape[1:] == out.shape[1:]
+                and index.device.type == "cpu" and index.dtype == torch.int64 and index.shape == out.shape[:1]):
+            flat = out.view(-1)
+            mutation_cpu.polynomial_mutation_(flat.numpy(), rate, self.eta, mutation_cpu.draw_seed(generator),
+                                              _draws_per_round(flat.numel(), rate), 0.0, 1.0,
+                                              parents=(store.view(store.shape[0], -1).numpy(), index.numpy()))
+            return out
+        return self.mutate_(torch.index_select(store, 0, index, out=out), generator, generation)
+
     def render(self, genomes: torch.Tensor) -> torch.Tensor:
         """The images: the genomes themselves (already in [0, 1])."""
         return genomes

@@ -121,6 +121,20 @@ if njit:
         _mix_c(seed, z)
         _split_c(z, w, u)
 
+    @njit(cache=True, nogil=True, boundscheck=False)
+    def _copy_rows_and_draw_c(store, index, rows, seed, z, w, u):  # pragma: no cover - numba
+        """``rows[i] = store[index[i]]`` (the parents), then passes 1a and 1b: one call. Returns
+        False, having done nothing, when an index is out of range."""
+        n = store.shape[0]
+        for i in range(index.size):
+            if index[i] < 0 or index[i] >= n:
+                return False
+        for i in range(index.size):
+            rows[i, :] = store[index[i], :]
+        _mix_c(seed, z)
+        _split_c(z, w, u)
+        return True
+
     @njit(cache=True, nogil=True)
     def _walk_c(flat, log_w, u, gaps, steps, roots, exponent, span, pos, inv_log_q, low, high):  # pragma: no cover
         """Passes 3, 3b and 4 in one call (each Python-to-compiled call costs a few µs)."""
@@ -128,7 +142,7 @@ if njit:
         _steps_c(u, roots, exponent, span, steps)
         return _apply_c(flat, gaps, steps, pos, low, high)
 else:  # pragma: no cover
-    _mix_c = _split_c = _steps_c = _gaps_c = _apply_c = _uniforms_c = _walk_c = None
+    _mix_c = _split_c = _steps_c = _gaps_c = _apply_c = _uniforms_c = _walk_c = _copy_rows_and_draw_c = None
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -191,14 +205,26 @@ def _buffers(k: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 
 def polynomial_mutation_(flat: np.ndarray, rate: float, eta: float, seed: int, per_round: int,
-                         low: float, high: float) -> np.ndarray:
+                         low: float, high: float, parents: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Mutate the contiguous 1-D float32/float64 array ``flat`` in place (arguments checked by the
     caller; ``0 < rate ≤ 1``): each gene with probability ``rate``, by a polynomial step, clipped.
-    ``per_round``: draws per pass (a second round follows in the rare case they fall short)."""
+    ``per_round``: draws per pass (a second round follows in the rare case they fall short).
+
+    ``parents = (store, index)``: first fill ``flat``, seen as ``len(index)`` rows, with the rows
+    ``store[index]`` (2-D, C-contiguous, ``flat``'s dtype; int64 indices), in the same compiled call
+    as the first draws: the copy a generation makes of its parents, then their mutation."""
     dt = flat.dtype.type
     roots, inv_log_q = _roots(eta), _inv_log_q(rate)
     z, w, u, steps = _buffers(per_round, flat.dtype)
     pos, start = -1, 0
+    if parents is not None:
+        store, index = parents
+        if not _copy_rows_and_draw_c(store, index, flat.reshape(index.size, -1), np.uint64(seed & _MASK64), z, w, u):
+            raise IndexError(f"parent indices must lie in [0, {store.shape[0]}), got {index.min()} .. {index.max()}.")
+        np.log(w, out=w)
+        pos = _walk_c(flat, w, u, z.view(np.int64), steps, roots, dt(1.0 / (eta + 1.0)), dt(high - low), pos,
+                      inv_log_q, dt(low), dt(high))
+        start += per_round
     while pos < flat.size - 1:   # almost always a single round (the draws of _round, then the walk)
         _draw_into(seed, start, z, w, u)
         pos = _walk_c(flat, w, u, z.view(np.int64), steps, roots, dt(1.0 / (eta + 1.0)), dt(high - low), pos,
