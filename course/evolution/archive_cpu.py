@@ -51,10 +51,10 @@ def applies(store, children, probs: torch.Tensor, scores: torch.Tensor) -> bool:
     """True when :func:`insert_` can take these: numba, tensors on the CPU, genomes float32 or
     float64 of one dtype and row shape, contiguous, float32 probabilities and scores, no gradients."""
     return (_insert_c is not None and isinstance(store, torch.Tensor) and isinstance(children, torch.Tensor)
-            and store.device.type == "cpu" and children.device.type == "cpu" and probs.device.type == "cpu"
+            and store.is_cpu and children.is_cpu and probs.is_cpu
             and store.dtype == children.dtype and store.dtype in (torch.float32, torch.float64)
             and store.shape[1:] == children.shape[1:] and store.is_contiguous() and children.is_contiguous()
-            and probs.dtype == torch.float32 and scores.dtype == torch.float32 and scores.device.type == "cpu"
+            and probs.dtype == torch.float32 and scores.dtype == torch.float32 and scores.is_cpu
             and not (probs.requires_grad or children.requires_grad))
 
 
@@ -65,6 +65,7 @@ def insert_(store: torch.Tensor, children: torch.Tensor, probs: torch.Tensor,
     n_cells = store.shape[0]
     new_scores = np.empty(n_cells, np.float32)
     better = np.empty(n_cells, np.bool_)
-    changed = _insert_c(np.ascontiguousarray(probs.numpy()), scores.numpy(), store.view(n_cells, -1).numpy(),
-                        children.view(children.shape[0], -1).numpy(), new_scores, better)
+    # (numpy's reshape of the .numpy() views: a fraction of a torch view's cost)
+    changed = _insert_c(np.ascontiguousarray(probs.numpy()), scores.numpy(), store.numpy().reshape(n_cells, -1),
+                        children.numpy().reshape(children.shape[0], -1), new_scores, better)
     return torch.from_numpy(new_scores), torch.from_numpy(better), int(changed)

@@ -273,13 +273,13 @@ class DirectEncoding:
         """
         rate = self.rate_at(generation)
         if (rate > 0.0 and mutation_cpu.available(out) and out.is_contiguous() and out.numel()
-                and isinstance(store, torch.Tensor) and store.dtype == out.dtype and store.device.type == "cpu"
+                and isinstance(store, torch.Tensor) and store.dtype == out.dtype and store.is_cpu
                 and store.is_contiguous() and not store.requires_grad and store.shape[1:] == out.shape[1:]
-                and index.device.type == "cpu" and index.dtype == torch.int64 and index.shape == out.shape[:1]):
-            flat = out.view(-1)
-            mutation_cpu.polynomial_mutation_(flat.numpy(), rate, self.eta, mutation_cpu.draw_seed(generator),
-                                              _draws_per_round(flat.numel(), rate), 0.0, 1.0,
-                                              parents=(store.view(store.shape[0], -1).numpy(), index.numpy()))
+                and index.is_cpu and index.dtype == torch.int64 and index.shape == out.shape[:1]):
+            flat = out.numpy().reshape(-1)       # (numpy views: cheaper than torch's, called every generation)
+            mutation_cpu.polynomial_mutation_(flat, rate, self.eta, mutation_cpu.draw_seed(generator),
+                                              _draws_per_round(flat.size, rate), 0.0, 1.0,
+                                              parents=(store.numpy().reshape(store.shape[0], -1), index.numpy()))
             return out
         return self.mutate_(torch.index_select(store, 0, index, out=out), generator, generation)
 

@@ -150,7 +150,7 @@ _DTYPES = (torch.float32, torch.float64)
 def available(x: torch.Tensor) -> bool:
     """True when :func:`polynomial_mutation_` can take ``x``: numba present, a float32 or float64
     tensor on the CPU that needs no gradient."""
-    return _mix_c is not None and x.device.type == "cpu" and x.dtype in _DTYPES and not x.requires_grad
+    return _mix_c is not None and x.is_cpu and x.dtype in _DTYPES and not x.requires_grad
 
 
 @functools.lru_cache(maxsize=64)
