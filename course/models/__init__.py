@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from .mnist import AE400_10, FC10, MLP, LeNet, check_image_batch, weight_decay_penalty
+from .tiny_weights import flush_tiny_, flush_tiny_weights_, tiny_threshold
 
 # name -> (constructor, kwargs). λ values follow papers.md ([S]/[U] where marked there).
 MODEL_SPECS: dict[str, tuple[type, dict]] = {
@@ -40,5 +41,6 @@ def build_model(name: str, **overrides) -> nn.Module:
 
 __all__ = [
     "AE400_10", "FC10", "MLP", "LeNet", "MODEL_NAMES", "MODEL_SPECS", "TABLE1_MODELS",
-    "build_model", "check_image_batch", "weight_decay_penalty",
+    "build_model", "check_image_batch", "flush_tiny_", "flush_tiny_weights_", "tiny_threshold",
+    "weight_decay_penalty",
 ]
