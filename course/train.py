@@ -135,14 +135,16 @@ def _epochs_for(name: str, profile: str) -> dict:
 
 def train_model(name: str, *, profile: str | None = None, seed: int = 0, split: str = "all",
                 source: str | None = None, fresh: bool = False, progress: bool = True,
-                device: torch.device | str | None = None, **overrides) -> TrainedModel:
+                device: torch.device | str | None = None, flush_tiny: bool = True,
+                **overrides) -> TrainedModel:
     """Train the course model ``name`` in the profile in force, or load it from the cache.
 
     ``split``: ``"all"`` (the profile's training set), or ``"p1"`` / ``"p2"`` (Szegedy's disjoint
     halves of it). ``overrides`` change the model's config (e.g. ``dropout=0.5``) and the cache key.
     ``fresh=True`` retrains even when a checkpoint exists (it is replaced only once training ends).
     The model comes back with its tiny weights zeroed (:mod:`course.models.tiny_weights`): the same
-    outputs bit for bit, faster on a CPU; the checkpoint keeps the weights as trained.
+    outputs bit for bit, faster on a CPU; the checkpoint keeps the weights as trained, and
+    ``flush_tiny=False`` returns them so.
     """
     profile = resolve_profile(profile)
     if split not in ("all", "p1", "p2"):
@@ -167,7 +169,8 @@ def train_model(name: str, *, profile: str | None = None, seed: int = 0, split: 
         if not fresh:
             info = load_checkpoint(model, config, name)
             if info is not None:
-                flush_tiny_weights_(model)   # also for checkpoints saved before the flush existed
+                if flush_tiny:
+                    flush_tiny_weights_(model)   # also for checkpoints saved before the flush existed
                 model.to(dev).eval()
                 return TrainedModel(model, {**info, "cached": True})
         model.to(dev)
@@ -183,5 +186,6 @@ def train_model(name: str, *, profile: str | None = None, seed: int = 0, split: 
                 "test_error": evaluate(model, test), "seconds": round(time.perf_counter() - start, 2),
                 "device": str(dev), "history": history}
         save_checkpoint(model, config, info, name)
-    flush_tiny_weights_(model)   # the same outputs bit for bit, up to 10× faster on a CPU (models.tiny_weights)
+    if flush_tiny:
+        flush_tiny_weights_(model)   # the same outputs bit for bit, up to 10× faster on a CPU (models.tiny_weights)
     return TrainedModel(model.eval(), {**info, "cached": False})

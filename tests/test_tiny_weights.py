@@ -101,6 +101,8 @@ def test_train_model_returns_its_models_flushed_and_the_checkpoint_keeps_the_wei
     for trained in (fresh, cached):
         w = trained.model.out.weight
         assert (w[:, :56] == 0).all() and w[3, 60].item() == 0.0 and (w[:, 100:] != 0).any()
+    exact = T.train_model("fc10_1e-4", progress=False, device="cpu", flush_tiny=False)
+    assert exact.info["cached"] and exact.model.out.weight[0, 0].item() == pytest.approx(1e-39, rel=1e-3)
     (pt,) = glob.glob(str(tmp_cache / "checkpoints" / "fc10_1e-4-*.pt"))
     saved = torch.load(pt, map_location="cpu")
     assert saved["out.weight"][0, 0].item() == pytest.approx(1e-39, rel=1e-3)   # as trained
