@@ -20,8 +20,8 @@ The encoding is any object with ``random(n, generator)``, ``mutate(genomes, gene
 generation)``, ``render(genomes) -> (n, C, H, W)`` and ``image_shape``, and optionally ``mutate_``,
 the same as ``mutate`` but in place (used on the parents, a fresh copy of the elites, it saves a
 copy), and ``offspring_(store, index, out, generator, generation)``, which writes the mutated
-copies of ``store[index]`` into ``out`` (the copy and the mutation in one step); a population of genomes is a tensor or a dict of tensors, each with the population on its
-first axis (see
+copies of ``store[index]`` into ``out`` (the copy and the mutation in one step); a population of
+genomes is a tensor or a dict of tensors, each with the population on its first axis (see
 :class:`~course.evolution.direct.DirectEncoding`, :class:`~course.evolution.cppn.CPPNEncoding`).
 The classifier is any ``nn.Module`` mapping images to logits, for 10 classes or 1000.
 """
