@@ -27,12 +27,12 @@ import statistics
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import course
 from course import memory
-from course.models import tiny_threshold, weight_decay_penalty
+from course.models import tiny_threshold
+from course.train import LEARNING_RATE, train_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # clock.py beside this script
 from clock import clock  # noqa: E402
@@ -62,16 +62,11 @@ def with_pytorch_pools(lenet: nn.Module) -> nn.Module:
 
 
 def training_step(model: nn.Module, x, y):
+    """A copy of ``model`` and a function making one of ``course.train``'s steps on it (Adam)."""
     model = copy.deepcopy(model).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     lam = model.config.get("weight_decay", 0.0)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y) + weight_decay_penalty(model, lam)
-        loss.backward()
-        opt.step()
-    return model, step
+    return model, lambda: train_step(model, opt, x, y, lam)
 
 
 def measure(name: str, args, train) -> dict:

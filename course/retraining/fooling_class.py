@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from .. import evolution
 from ..checkpoints import source_fingerprint
 from ..evolution import CPPNEncoding, DirectEncoding, map_elites
-from ..models import flush_tiny_weights_, weight_decay_penalty
-from ..models.tiny_weights import FLUSH_EVERY
+from ..models import weight_decay_penalty
+from ..models.tiny_weights import FLUSH_EVERY, flush_tiny_weights_
 from ..train import error_rate, predict_logits
 from .state import load_state, save_state
 
@@ -153,7 +153,7 @@ def _retrain(model, images, labels, fooling, n_classes, *, epochs, batch_size, l
     On a CPU the tiny weights and Adam moments are zeroed every ``FLUSH_EVERY`` steps and at the end
     (:mod:`course.models.tiny_weights`): subnormal arithmetic would make the steps up to 4× slower."""
     device = next(model.parameters()).device
-    flush = device.type == "cpu"
+    flush = device.type == "cpu"   # (GPUs compute subnormals at full speed)
     lam = getattr(model, "config", {}).get("weight_decay", 0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
