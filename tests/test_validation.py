@@ -1,4 +1,5 @@
 """Bad models and bad inputs get a clear error at every public entry point, naming the problem and the fix."""
+import math
 import pytest
 import torch
 from torch import nn
@@ -54,6 +55,26 @@ def test_nan_weights_are_refused_with_the_fix(entry):
     text = str(e.value)
     assert text.startswith(f"{entry}:") and "weights contain NaN or inf (out.weight)" in text
     assert "retrain" in text and "fresh=True" in text
+
+
+def test_all_finite_known_answers():
+    """The sum's shortcut and its exact fallback: a sum that overflows (every entry finite) is no
+    NaN; one inf, one NaN, or +inf and −inf (whose sum is NaN) are caught, in float32 and bfloat16."""
+    from course.validate import all_finite
+
+    for dtype in (torch.float32, torch.bfloat16):
+        big = torch.full((1000,), 3e38).to(dtype)
+        assert all_finite(torch.zeros(0, dtype=dtype)) and all_finite(torch.randn(100, 7).to(dtype))
+        assert all_finite(big) and not math.isfinite(float(big.sum()))    # overflow: the exact test says yes
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            x = torch.randn(50, 3).to(dtype)
+            x[17, 2] = bad
+            assert not all_finite(x)
+        both = torch.zeros(4, dtype=dtype)
+        both[0], both[3] = float("inf"), float("-inf")
+        assert not all_finite(both)
+    w = torch.randn(5, requires_grad=True)
+    assert all_finite(w) and w.grad is None
 
 
 def test_bounds_of_nan_weights_are_refused():

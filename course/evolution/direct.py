@@ -266,22 +266,44 @@ class DirectEncoding:
                    generator: torch.Generator, generation: int = 0) -> torch.Tensor:
         """``out`` filled with mutated copies of the genomes ``store[index]``, and returned: the same
         draws and result as :meth:`mutate_` on ``torch.index_select(store, 0, index, out=out)``.
+        On the CPU the parents are copied in the compiled mutation's first call (one step fewer);
+        elsewhere it is that index_select, then :meth:`mutate_`. (:meth:`bind_offspring` once.)"""
+        return self.bind_offspring(store, out)(index, generator, generation)
 
-        :func:`~course.evolution.map_elites.map_elites` makes each generation's children this way. On
-        the CPU the parents are copied in the compiled mutation's first call (one step fewer per
-        generation); elsewhere it is that index_select, then :meth:`mutate_`.
-        """
-        rate = self.rate_at(generation)
-        if (rate > 0.0 and mutation_cpu.available(out) and out.is_contiguous() and out.numel()
+    def bind_offspring(self, store: torch.Tensor, out: torch.Tensor):
+        """``make(index, generator, generation=0)``: :meth:`offspring_` for this ``store`` and ``out``,
+        again and again. Whether the compiled copy-and-mutate applies, the arrays' views and the
+        mutation's constants are settled here, once: :func:`~course.evolution.map_elites.map_elites`
+        binds its archive and its children's memory for a whole run (for a small classifier on the
+        CPU, making them anew every generation cost as much as the compiled mutation itself).
+        ``make`` checks the indices: one per row of ``out`` (the compiled call checks their range)."""
+        def check(index):
+            if index.dim() != 1 or index.shape[0] != out.shape[0]:
+                raise ValueError(f"offspring_: {tuple(index.shape)} parent indices for {out.shape[0]} rows of out; "
+                                 "give one index per row (out = store.new_empty((len(index), *store.shape[1:]))).")
+
+        def take_then_mutate(index, generator, generation=0):
+            check(index)
+            return self.mutate_(torch.index_select(store, 0, index, out=out), generator, generation)
+
+        if not (mutation_cpu.available(out) and out.is_contiguous() and out.numel()
                 and isinstance(store, torch.Tensor) and store.dtype == out.dtype and store.is_cpu
-                and store.is_contiguous() and not store.requires_grad and store.shape[1:] == out.shape[1:]
-                and index.is_cpu and index.dtype == torch.int64 and index.shape == out.shape[:1]):
-            flat = out.numpy().reshape(-1)       # (numpy views: cheaper than torch's, called every generation)
-            mutation_cpu.polynomial_mutation_(flat, rate, self.eta, mutation_cpu.draw_seed(generator),
-                                              _draws_per_round(flat.size, rate), 0.0, 1.0,
-                                              parents=(store.numpy().reshape(store.shape[0], -1), index.numpy()))
+                and store.is_contiguous() and not store.requires_grad and store.shape[1:] == out.shape[1:]):
+            return take_then_mutate
+        # (numpy views: cheaper than torch's)
+        rows, store_rows = out.shape[0], store.numpy().reshape(store.shape[0], -1)
+        mutation = mutation_cpu.Mutation(out.numpy().reshape(-1), self.eta, 0.0, 1.0, rows=rows, own_buffers=True)
+        size, per_round = mutation.flat.size, {}
+
+        def make(index, generator, generation=0):
+            rate = self.rate_at(generation)
+            if not (rate > 0.0 and index.is_cpu and index.dtype == torch.int64 and index.shape == (rows,)):
+                return take_then_mutate(index, generator, generation)
+            if rate not in per_round:
+                per_round[rate] = _draws_per_round(size, rate)
+            mutation(rate, mutation_cpu.draw_seed(generator), per_round[rate], store_rows, index.numpy())
             return out
-        return self.mutate_(torch.index_select(store, 0, index, out=out), generator, generation)
+        return make
 
     def render(self, genomes: torch.Tensor) -> torch.Tensor:
         """The images: the genomes themselves (already in [0, 1])."""

@@ -19,8 +19,9 @@ ten tensor operations' dispatch cost is a visible share of a generation.
 The encoding is any object with ``random(n, generator)``, ``mutate(genomes, generator,
 generation)``, ``render(genomes) -> (n, C, H, W)`` and ``image_shape``, and optionally ``mutate_``,
 the same as ``mutate`` but in place (used on the parents, a fresh copy of the elites, it saves a
-copy), and ``offspring_(store, index, out, generator, generation)``, which writes the mutated
-copies of ``store[index]`` into ``out`` (the copy and the mutation in one step); a population of
+copy), and ``bind_offspring(store, out)``, which returns ``make(index, generator, generation)``
+writing the mutated copies of ``store[index]`` into ``out`` (the copy and the mutation in one
+step, bound once for a run: the archive's genomes and the children's memory); a population of
 genomes is a tensor or a dict of tensors, each with the population on its first axis (see
 :class:`~course.evolution.direct.DirectEncoding`, :class:`~course.evolution.cppn.CPPNEncoding`).
 The classifier is any ``nn.Module`` mapping images to logits, for 10 classes or 1000.
@@ -127,6 +128,7 @@ class Archive:
         self._same = False                         # images are the genomes (second case)
         self._rendered: torch.Tensor | None = None # the cache of the first case
         self._full = False                         # every cell filled (stays so)
+        self._inserter = None                      # the compiled insertion, bound (_inserter_for)
 
     def __len__(self) -> int:
         """The number of filled cells."""
@@ -156,6 +158,13 @@ class Archive:
         ``probs`` (B, n_cells): every offspring's probability for every cell. ``images``: the
         offspring's renderings (used only when the archive stores images, see the class).
         """
+        # The compiled insertion, bound to these very children (map_elites' children memory, every
+        # generation), with probabilities of the shape it takes: the checks below all hold.
+        inserter = self._inserter
+        if (inserter is not None and inserter.holds(genomes) and probs.shape == inserter.probs_shape
+                and (images is genomes or not self._same) and self._stored is None
+                and archive_cpu.takes(probs, self.scores)):
+            return self._insert_compiled(probs)
         if probs.dim() != 2 or probs.shape[1] != self.n_cells:
             raise ValueError(f"probs must be (offspring, {self.n_cells}), got {tuple(probs.shape)}.")
         n = images.shape[0]
@@ -169,14 +178,8 @@ class Archive:
                 self._stored = images.new_zeros((self.n_cells, *images.shape[1:]))
         elif self._same and images is not genomes:  # images that differ from the genomes after all
             self._stored, self._same = self.genomes.clone(), False
-        if self._stored is None and archive_cpu.applies(self.genomes, genomes, probs, self.scores):
-            scores, better, changed = archive_cpu.insert_(self.genomes, genomes, probs, self.scores)
-            if changed:              # the same steps as below, compiled (archive_cpu)
-                self._rendered, self.scores = None, scores
-                if not self._full:
-                    self.filled |= better
-                    self._full = bool(self.filled.all())
-            return better
+        if self._stored is None and archive_cpu.takes(probs, self.scores) and self._inserter_for(genomes):
+            return self._insert_compiled(probs)
         best, who = probs.max(dim=0)  # per cell: the best offspring (first one on ties)
         better = best > self.scores   # strictly better only
         cells = better.nonzero().squeeze(1)
@@ -193,6 +196,27 @@ class Archive:
                 self.filled |= better
                 self._full = bool(self.filled.all())
         return better
+
+    def _insert_compiled(self, probs: torch.Tensor) -> torch.Tensor:
+        """The steps below in :meth:`update`, compiled (archive_cpu), by the bound inserter."""
+        scores, better, changed = self._inserter(probs, self.scores)
+        if changed:
+            self._rendered, self.scores = None, scores
+            if not self._full:
+                self.filled |= better
+                self._full = bool(self.filled.all())
+        return better
+
+    def _inserter_for(self, genomes: Genomes) -> bool:
+        """Whether the compiled insertion takes these children; binds it to them (kept while the
+        same tensor comes back: map_elites' children memory, every generation)."""
+        inserter = self._inserter
+        if inserter is not None and inserter.holds(genomes):
+            return True
+        if not archive_cpu.binds(self.genomes, genomes):
+            return False
+        self._inserter = archive_cpu.Inserter(self.genomes, genomes)
+        return True
 
     def _check_nonempty(self):
         if not bool(self.filled.any()):
@@ -245,6 +269,11 @@ def _device_of(module: nn.Module) -> torch.device:
 @torch.no_grad()
 def classify(classifier: nn.Module, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Softmax probabilities (N, classes) of a batch, in chunks of ``batch_size`` images."""
+    return _probabilities(classifier, images, batch_size)
+
+
+def _probabilities(classifier: nn.Module, images: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+    """:func:`classify` without its ``no_grad`` (for a caller already under one: map_elites)."""
     if batch_size is None or batch_size >= len(images):
         return torch.softmax(classifier(images).float(), dim=1)
     return torch.cat([torch.softmax(classifier(images[i:i + batch_size]).float(), dim=1)
@@ -277,6 +306,7 @@ def check_classifier(classifier: nn.Module, images: torch.Tensor) -> int:
     return out.shape[1]
 
 
+@torch.no_grad()
 def map_elites(classifier: nn.Module, encoding, generations: int = 200, offspring: int = 200,
                initial: int | None = None, seed: int = 0, threshold: float | None = None,
                batch_size: int | None = None, progress: bool = True) -> MapElitesResult:
@@ -299,49 +329,59 @@ def map_elites(classifier: nn.Module, encoding, generations: int = 200, offsprin
         raise ValueError(f"threshold is a probability in (0, 1], got {threshold}.")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}.")
-    from tqdm.auto import tqdm
 
     device = _device_of(classifier)
     generator = torch.Generator(device=device).manual_seed(seed)
     modes = to_eval(classifier)
     start = time.perf_counter()
+    archive = None
     try:
         genomes = encoding.random(initial, generator)
         images = encoding.render(genomes)
         n_cells = check_classifier(classifier, images[:2])
         archive = Archive(n_cells, device=device, render=encoding.render)
-        archive.update(genomes, images, classify(classifier, images, batch_size))
+        archive.update(genomes, images, _probabilities(classifier, images, batch_size))
         history = [archive.scores]   # update replaces scores, never writes them in place
         evaluations = initial
         # The parents are a copy (take), so an encoding that can mutate in place may. The copy goes
         # into the same memory every generation: nothing keeps the children once the archive has
         # copied its winners, and memory the CPU has just used is in its caches (for the small MLP
         # on the CPU a generation took 5-15% less time).
-        # An encoding with offspring_ (the direct one) makes that copy and the mutation in one step.
+        # An encoding with bind_offspring (the direct one) makes that copy and the mutation in one
+        # step, bound once to the archive and that memory.
         mutate = getattr(encoding, "mutate_", None) or encoding.mutate
-        offspring_ = getattr(encoding, "offspring_", None) if isinstance(archive.genomes, torch.Tensor) else None
-        parents_memory = None
-        bar = tqdm(range(1, generations + 1), desc="MAP-Elites", disable=not progress, leave=False)
-        for gen in bar:
+        bind = getattr(encoding, "bind_offspring", None) if isinstance(archive.genomes, torch.Tensor) else None
+        parents_memory = make_offspring = None
+        if bind is not None:
+            parents_memory = archive.genomes.new_empty((offspring, *archive.genomes.shape[1:]))
+            make_offspring = bind(archive.genomes, parents_memory)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=generations, desc="MAP-Elites", leave=False)
+        for gen in range(1, generations + 1):
             parents = archive.sample_parents(offspring, generator)
-            if offspring_ is not None:
-                if parents_memory is None:
-                    parents_memory = archive.genomes.new_empty((offspring, *archive.genomes.shape[1:]))
-                children = offspring_(archive.genomes, parents, parents_memory, generator, gen)
+            if make_offspring is not None:
+                children = make_offspring(parents, generator, gen)
             else:
                 parents_memory = take(archive.genomes, parents, out=parents_memory)
                 children = mutate(parents_memory, generator, gen)
             images = encoding.render(children)
-            archive.update(children, images, classify(classifier, images, batch_size))
+            archive.update(children, images, _probabilities(classifier, images, batch_size))
             history.append(archive.scores)
             evaluations += offspring
-            if progress and (gen % 10 == 0 or gen == generations):
-                bar.set_postfix(min=f"{float(archive.scores.min()):.4f}",
-                                mean=f"{float(archive.scores.mean()):.4f}")
+            if bar is not None:
+                bar.update()
+                if gen % 10 == 0 or gen == generations:
+                    bar.set_postfix(min=f"{float(archive.scores.min()):.4f}",
+                                    mean=f"{float(archive.scores.mean()):.4f}")
             if threshold is not None and bool((archive.scores >= threshold).all()):
                 break
-        bar.close()
+        if bar is not None:
+            bar.close()
     finally:
         restore(modes)
+        if archive is not None:
+            archive._inserter = None   # unbind the children memory: the archive outlives the run
     history = torch.stack(history).cpu()
     return MapElitesResult(archive, history, len(history) - 1, evaluations, time.perf_counter() - start)
