@@ -1,5 +1,5 @@
 """How much fits, and how many threads: batch sizes from the device's free memory, torch threads,
-and glibc's allocator told to keep freed memory.
+glibc's allocator told to keep freed memory, and big scratch buffers on huge pages.
 
 Next to :mod:`course.device`: these decide *how* a batched loop runs on the device it picked.
 """
@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import ctypes
 import math
+import mmap
 import os
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -173,5 +175,32 @@ the threshold is a ``size_t``, and 64 GiB means that a pass's freed activations 
 trimmed. (Only free memory at the top of the heap is kept: the peak is what it was.)"""
 
 
-__all__ = ["MALLOC_ENV", "activation_bytes", "auto_batch_size", "available_memory", "keep_freed_memory",
-           "kept_heap_bytes", "threads"]
+HUGE_PAGE = 2 << 20  # a transparent huge page of x86-64 and arm64 Linux
+
+
+def huge_page_empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty(numel, dtype=dtype)`` on the CPU, in memory that Linux may back with
+    transparent huge pages (``madvise(MADV_HUGEPAGE)``, which takes effect where THP is in its
+    ``madvise`` or ``always`` mode); plain ``torch.empty`` below 8 MB, off Linux, or if the mapping
+    fails. The same numbers either way: only the pages differ.
+
+    For a big buffer streamed again and again (the L-BFGS optimiser's memory, tens of MB): on 2 MB
+    pages its first touch faults 512× less often. Measured on a 2-core Xeon (FC100-100-10, 64-256
+    images, 6 interleaved rounds): the first attack in a process 4-6% faster; later ones (the
+    buffer reused) the same within that machine's noise (-2% to +3%)."""
+    nbytes = numel * dtype.itemsize
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    if nbytes < 4 * HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE") or not flags:
+        return torch.empty(numel, dtype=dtype)
+    try:
+        region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=flags)  # one spare page: room to align
+        region.madvise(mmap.MADV_HUGEPAGE)
+    except (OSError, ValueError):
+        return torch.empty(numel, dtype=dtype)
+    raw = np.frombuffer(region, dtype=np.uint8)          # (keeps the region mapped while it lives)
+    offset = -raw.ctypes.data % HUGE_PAGE                 # the first huge-page boundary inside it
+    return torch.from_numpy(raw[offset:offset + nbytes]).view(dtype)
+
+
+__all__ = ["HUGE_PAGE", "MALLOC_ENV", "activation_bytes", "auto_batch_size", "available_memory",
+           "huge_page_empty", "keep_freed_memory", "kept_heap_bytes", "threads"]

@@ -131,26 +131,6 @@ def test_compiled_loop_only_takes_what_it_can():
     assert not lbfgs_cpu.available(x.half())
 
 
-def test_huge_page_buffer_is_an_aligned_writable_empty():
-    """The optimiser's big buffer: huge-page aligned where Linux offers MADV_HUGEPAGE, the asked
-    size and dtype, writable; small sizes are plain torch.empty."""
-    import mmap
-    import sys
-
-    from course.attacks import lbfgs_cpu
-    n = lbfgs_cpu.HUGE_PAGE  # 8 MB of float32: above the huge-page threshold (4 pages)
-    for dtype in (torch.float32, torch.float64):
-        t = lbfgs_cpu.huge_page_empty(n + 3, dtype)
-        assert t.shape == (n + 3,) and t.dtype == dtype and t.is_contiguous()
-        t.fill_(0.5)
-        t[-1] = 2.0
-        assert float(t.sum()) == 0.5 * (n + 2) + 2.0
-        if hasattr(mmap, "MADV_HUGEPAGE") and sys.platform.startswith("linux"):
-            assert t.data_ptr() % lbfgs_cpu.HUGE_PAGE == 0
-    small = lbfgs_cpu.huge_page_empty(10, torch.float64)
-    assert small.shape == (10,) and small.dtype == torch.float64
-
-
 def test_backtracking_step_is_the_minimiser_of_the_cubic_fit():
     """On a cubic (and a quadratic) along the step, the next trial is its exact minimiser; kept in
     [0.1, 0.5] of the rejected step otherwise."""

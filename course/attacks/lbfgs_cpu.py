@@ -35,11 +35,12 @@ tensors when numba is installed; everything else (a GPU above all) takes the ten
 from __future__ import annotations
 
 import math
-import mmap
 import threading
 
 import numpy as np
 import torch
+
+from ..memory import huge_page_empty
 
 try:
     from numba import njit
@@ -324,37 +325,9 @@ def _buffer(workspace: list, numel: int, dtype: torch.dtype) -> torch.Tensor:
                 and buf.device.type == "cpu"):
             break
     else:
-        buf = huge_page_empty(numel, dtype)
+        buf = huge_page_empty(numel, dtype)  # (streamed every iteration: 2 MB pages, where Linux has them)
     workspace[:1] = [buf]
     return buf
-
-
-HUGE_PAGE = 2 << 20  # a transparent huge page of x86-64 and arm64 Linux
-
-
-def huge_page_empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """``torch.empty(numel, dtype=dtype)`` on the CPU, in memory that Linux may back with
-    transparent huge pages (``madvise(MADV_HUGEPAGE)``, which takes effect where THP is in its
-    ``madvise`` or ``always`` mode); elsewhere, for small sizes or if the mapping fails, plain
-    ``torch.empty``. The same numbers either way: only the pages differ.
-
-    The optimiser's buffer (tens of MB: every problem's memory) is streamed once per iteration;
-    on 2 MB pages its first touch faults 512× less often. Measured on a 2-core Xeon (FC100-100-10,
-    64-256 images, 6 interleaved rounds): the first attack in a process 4-6% faster; later ones
-    (the buffer reused) the same within that machine's noise (-2% to +3%)."""
-    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
-    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
-    if nbytes < 4 * HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE") or not flags:
-        return torch.empty(numel, dtype=dtype)
-    try:
-        region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=flags)  # one spare page: room to align
-        region.madvise(mmap.MADV_HUGEPAGE)
-        address = np.frombuffer(region, dtype=np.uint8, count=1).ctypes.data
-    except (OSError, ValueError):
-        return torch.empty(numel, dtype=dtype)
-    offset = -address % HUGE_PAGE  # the first huge-page boundary inside the region
-    array = np.frombuffer(region, dtype=torch.empty(0, dtype=dtype).numpy().dtype, count=numel, offset=offset)
-    return torch.from_numpy(array)  # (the array keeps the region mapped while the tensor lives)
 
 
 def _keep(buf: torch.Tensor) -> None:
