@@ -11,7 +11,7 @@ Measured, at each size (64, 128 and 256 images by default):
 - **ours**: :func:`course.attacks.lbfgs_attack` with the profile's c search.
 - **the floor**: the model's own forward + backward passes for the rows ours evaluated (our
   single-image rows times the per-row cost of one batched pass of the stage-1 batch size, the
-  penalty included); ``overhead_over_floor`` = ours / floor. Target (issue #16): ≤ 2.
+  penalty included); ``overhead_over_floor`` = ours / floor, round by round. Target (issue #16): ≤ 2.
 - **scipy, one image at a time** (the classic way): ``scipy.optimize.fmin_l_bfgs_b`` with bounds,
   one image and one c at a time, the same search over c (grid, then refinement warm-started at the
   minimiser for the largest c that succeeded), the same budget (``max_iter``, ``history``) and
