@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import validate
+from .cores import follow as follow_cores
 from .modes import restore, to_eval
 
 
@@ -110,6 +111,7 @@ def gradient_ascent(model: nn.Module, targets, steps: int = 500, lr: float = 10.
     try:
         with torch.enable_grad():
             for step in tqdm(range(steps + 1), desc="gradient ascent", disable=not progress, leave=False):
+                follow_cores()
                 x.requires_grad_(True)
                 logits = model(x)
                 if step == 0 and not (0 <= int(targets.min()) and int(targets.max()) < logits.shape[1]):

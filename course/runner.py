@@ -14,7 +14,10 @@ follows within a second); Ctrl-C stops them all and keeps what finished. Each ke
 On a CPU the default is one lesson per free core, one thread each (:func:`auto_jobs`): the course's
 networks are small, so two lessons on one thread each finish sooner than one after the other on two
 threads. The longest lessons start first (:func:`schedule`), so no core idles at the end while one
-long lesson runs alone; a model two lessons need is trained once (the checkpoint lock).
+long lesson runs alone; a model two lessons need is trained once (the checkpoint lock). Once nothing
+is left to start and a lesson ends, the ones still running share its cores: each kernel is told its new
+thread count through a file and takes it up before its next cell or loop step (:mod:`course.cores`;
+not when the user set ``OMP_NUM_THREADS``).
 """
 from __future__ import annotations
 
@@ -22,14 +25,17 @@ import functools
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .cores import THREADS_FILE_ENV, write_share
 from .data import cache_root
 from .memory import MALLOC_ENV
 from .lessons import repo_root
@@ -401,6 +407,30 @@ def run_folder(out: Path | None, profile: str, stamp: str, force: bool = False) 
                     if earlier else f"run folder {folder}")
 
 
+def grown_share(free: int, running: int, current: int) -> int | None:
+    """Threads each of the ``running`` kernels may use once no lesson is left to start: the ``free``
+    cores shared out (``free // running``), if that is more than their ``current`` count; else None."""
+    if running < 1:
+        return None
+    share = max(1, free // running)
+    return share if share > current else None
+
+
+def _share_cores(started: dict, shares: Path, free: int, offered: dict) -> None:
+    """After a lesson ended: if every lesson not done is running (none queued), give them the free
+    cores (:func:`grown_share`) through their threads files and note it in ``offered``."""
+    pending = [name for name, fut in started.items() if not fut.done()]
+    if not pending or not all(started[name].running() for name in pending):
+        return
+    share = grown_share(free, len(pending), min(offered[name][-1] for name in pending))
+    if share is None:
+        return
+    for name in pending:
+        write_share(shares / f"{name}.threads", share)
+        offered[name].append(share)
+    print(f"{', '.join(pending)}: {share} threads each now (nothing left to start)", flush=True)
+
+
 def _stop_run(pool: ThreadPoolExecutor) -> int:
     """Cancel the lessons not started, stop the running ones, wait for the pool; return how many stopped.
 
@@ -445,17 +475,27 @@ def run_lessons(selection: list[str] | None = None, profile: str = "default", ou
     results = {"profile": profile, "started": stamp, "jobs": jobs, "threads_per_kernel": threads, "lessons": {}}
     if jobs > 1:
         print(f"{jobs} lessons at a time, {threads} thread(s) each, longest first", flush=True)
+    # the kernels share out the cores of the lessons that end once none is left to start (course.cores)
+    shares = Path(tempfile.mkdtemp(prefix="course-threads-")) if jobs > 1 and not os.environ.get("OMP_NUM_THREADS") else None
+    free = max(1, available_cores() - busy)
+    order = schedule(notebooks, profile) if jobs > 1 else notebooks
+    offered = {nb.stem: [threads] for nb in order}
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        started = {nb.stem: pool.submit(run_one, nb, out_dir, profile, timeout, env)
-                   for nb in (schedule(notebooks, profile) if jobs > 1 else notebooks)}
+        started = {nb.stem: pool.submit(run_one, nb, out_dir, profile, timeout,
+                                        {**env, THREADS_FILE_ENV: str(shares / f"{nb.stem}.threads")} if shares else env)
+                   for nb in order}
         names = {fut: name for name, fut in started.items()}
         done = {}
         for fut in as_completed(started.values()):                 # printed as each one ends
             entry = done[names[fut]] = fut.result()
+            if shares:
+                entry["threads"] = offered[names[fut]]              # the thread counts it was given, in order
             mark = "ok" if entry["status"] == "ok" else "FAILED: " + entry.get("error", "")
             print(f"{names[fut]}: {mark} ({entry['seconds']} s)", flush=True)
             results["lessons"] = {nb.stem: done[nb.stem] for nb in notebooks if nb.stem in done}  # lesson order
+            if shares:
+                _share_cores(started, shares, free, offered)
     except KeyboardInterrupt:
         stopped = _stop_run(pool)
         results["interrupted"] = True
@@ -464,6 +504,9 @@ def run_lessons(selection: list[str] | None = None, profile: str = "default", ou
     except BaseException:  # the runner itself failed: its lessons must not run on without it
         _stop_run(pool)
         raise
+    finally:
+        if shares:
+            shutil.rmtree(shares, ignore_errors=True)
     pool.shutdown(wait=True)
     from .device import get_device
 

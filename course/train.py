@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoints import load_checkpoint, making, save_checkpoint
+from .cores import follow as follow_cores
 from .data import MNIST, load_mnist, p1_p2_split
 from .device import get_device
 from .models import AE400_10, build_model, check_image_batch, flush_tiny_weights_, weight_decay_penalty
@@ -77,6 +78,7 @@ def fit(model: nn.Module, train: MNIST, *, epochs: int, batch_size: int = 128, l
     history = []
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
+        follow_cores()   # more threads once the lessons beside this one end (course run)
         model.train()
         losses = [step(model, optimizer, train.images[idx].to(device), train.labels[idx].to(device), lam)
                   for idx in _batches(len(train), batch_size, g)]
@@ -99,6 +101,7 @@ def pretrain_autoencoder(model: AE400_10, train: MNIST, *, epochs: int, batch_si
     g = torch.Generator().manual_seed(seed)
     history = []
     for epoch in tqdm(range(epochs), desc="autoencoder", disable=not progress, leave=False):
+        follow_cores()
         total = 0.0
         batches = _batches(len(train), batch_size, g)
         for idx in batches:

@@ -85,6 +85,44 @@ def test_relative_paths_resolve_where_the_user_stands_and_threads_follow_the_cor
     assert json.loads((out / "results.json").read_text())["threads_per_kernel"] == 1
 
 
+WAITS_FOR_A_SHARE = """
+import os, time, torch, course
+share, t0 = os.environ['COURSE_THREADS_FILE'], time.monotonic()
+while not os.path.exists(share) and time.monotonic() - t0 < 120:   # the other lesson ends meanwhile
+    time.sleep(0.1)
+"""
+
+
+def test_the_last_lesson_running_gets_the_cores_of_the_ones_that_ended(tmp_path, monkeypatch, capsys):
+    nbs = tmp_path / "nbs"
+    _notebook(nbs, "01_report.ipynb", REPORTER)
+    nb = nbformat.read(_notebook(nbs, "02_waits.ipynb", WAITS_FOR_A_SHARE), as_version=4)
+    nb.cells.append(new_code_cell("course.record('kernel.threads', torch.get_num_threads())"))  # after the cell hook
+    nbformat.write(nb, nbs / "02_waits.ipynb")
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner, "available_cores", lambda: 2)
+    monkeypatch.setattr(runner, "busy_cores", lambda: 0)
+    made = []
+    real_mkdtemp = runner.tempfile.mkdtemp
+    monkeypatch.setattr(runner.tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+    out, results = run_lessons(profile="ci", out=tmp_path / "run", jobs=2, folder=nbs)
+    lessons = results["lessons"]
+    assert lessons["02_waits"]["status"] == "ok", lessons["02_waits"].get("error")
+    assert lessons["01_report"]["metrics"]["kernel.threads"]["value"] == 1
+    assert lessons["02_waits"]["metrics"]["kernel.threads"]["value"] == 2, "the lesson left alone kept 1 thread"
+    assert lessons["01_report"]["threads"] == [1] and lessons["02_waits"]["threads"] == [1, 2]
+    assert "02_waits: 2 threads each now" in capsys.readouterr().out
+    assert len(made) == 1 and not Path(made[0]).exists(), "the threads files outlived the run"
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # the user's count is kept: no files, no growth
+    _notebook(nbs, "02_waits.ipynb", "import torch, course\ncourse.record('kernel.threads', torch.get_num_threads())")
+    out, results = run_lessons(profile="ci", out=tmp_path / "run2", jobs=2, folder=nbs)
+    assert results["lessons"]["02_waits"]["metrics"]["kernel.threads"]["value"] == 1
+    assert "threads" not in results["lessons"]["02_waits"] and len(made) == 1
+
+
 def test_kernel_threads_are_free_cores_over_jobs_at_least_one(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runner, "available_cores", lambda: 2)

@@ -37,6 +37,7 @@ from torch import nn
 
 from .. import validate
 from . import archive_cpu
+from ..cores import follow as follow_cores
 from ..modes import restore, to_eval
 
 Genomes = torch.Tensor | dict  # a tensor, or a dict of tensors, population on axis 0
@@ -360,6 +361,7 @@ def map_elites(classifier: nn.Module, encoding, generations: int = 200, offsprin
             from tqdm.auto import tqdm
             bar = tqdm(total=generations, desc="MAP-Elites", leave=False)
         for gen in range(1, generations + 1):
+            follow_cores()   # more threads once the lessons beside this one end (course run)
             parents = archive.sample_parents(offspring, generator)
             if make_offspring is not None:
                 children = make_offspring(parents, generator, gen)

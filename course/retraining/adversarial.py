@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from .. import attacks
 from ..attacks import AttackResult, lbfgs_attack
 from ..checkpoints import source_fingerprint
+from ..cores import follow as follow_cores
 from ..models import weight_decay_penalty
 from ..train import error_rate, predict_logits
 from . import layers as layers_module, pool as pool_module
@@ -272,6 +273,7 @@ def adversarial_training(model: nn.Module, train, *, epochs: int, layers=(0,), p
     bar = tqdm(range(start, epochs), desc="adv. training" if layers else "training", disable=not progress,
                leave=False, initial=start, total=epochs)
     for epoch in bar:
+        follow_cores()   # more threads once the lessons beside this one end (course run)
         model.train()
         losses = []
         stats.update(tried=0, success=0, kept=0, dist={}, n_dist={})

@@ -1,0 +1,87 @@
+"""A kernel's share of the CPU cores, grown when the lessons beside it end.
+
+``course run -j 2`` on a 2-core CPU starts two lessons with one torch thread each. When the last
+lessons are queued and one of the two ends, the other would run on alone with one thread while a
+core idles: lesson 12 spent its last 26 minutes so on a 2-core AMD EPYC without AVX512-BF16
+(EfficientNet-Lite0 in float32: 42-45 images/s on one thread, 84-101 on two).
+
+So the runner gives each kernel a file, named by ``COURSE_THREADS_FILE``, and writes into it the
+threads that kernel may now use once nothing is left to start (:func:`write_share`). The kernel
+reads it (:func:`follow`, one ``stat`` when nothing changed) before each notebook cell (the cell
+hook that ``import course`` installs in a kernel the runner started) and once per generation,
+epoch or step of the long loops (MAP-Elites, training, gradient ascent). Outside ``course run``
+the variable is unset and nothing here does anything.
+
+Torch's threads are per process and set from the main thread (``torch.set_num_threads`` sets
+OpenMP's count for the calling thread), which is why the kernel polls instead of being told.
+A lesson's numbers can differ in their last bits with the number of threads a reduction was
+split over, so a lesson that grew mid-run may not repeat the same run's last digits.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+THREADS_FILE_ENV = "COURSE_THREADS_FILE"
+
+_seen: dict[str, tuple] = {}   # file -> (inode, size, mtime) last read: a stat decides whether to read again
+
+
+def read_share(path: str | Path) -> int | None:
+    """The thread count written in ``path``; None if there is none (missing, empty, not a number)."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) >= 1 else None
+
+
+def write_share(path: str | Path, threads: int) -> None:
+    """Tell the kernel reading ``path`` that it may use ``threads`` threads (written whole, atomically)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{int(threads)}\n")
+    os.replace(tmp, path)
+
+
+def follow() -> int:
+    """Adopt the thread count the runner wrote for this kernel, if it changed; return the count in use.
+
+    Costs one ``os.stat`` when the file is unchanged or absent; nothing at all outside ``course run``.
+    """
+    path = os.environ.get(THREADS_FILE_ENV)
+    if path:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return torch.get_num_threads()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if _seen.get(path) != stamp:
+            _seen[path] = stamp
+            threads = read_share(path)
+            if threads and threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def install_cell_hook() -> bool:
+    """In an IPython kernel started by ``course run`` (``COURSE_THREADS_FILE`` set), call
+    :func:`follow` before every cell; True if the hook is (now or already) installed."""
+    if not os.environ.get(THREADS_FILE_ENV):
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    if _cell_hook not in shell.events.callbacks.get("pre_run_cell", []):
+        shell.events.register("pre_run_cell", _cell_hook)
+    return True
+
+
+def _cell_hook(*_info) -> None:
+    follow()
