@@ -134,7 +134,8 @@ def _threads_line() -> str:
     if "OMP_NUM_THREADS" in why:
         return f"{n} per kernel, {jobs} lesson(s) at a time ({why}, so `course run -j N` keeps it)"
     return (f"`course run` runs {jobs} lesson(s) at a time, {n} thread(s) each ({why}); -j N gives each "
-            "kernel max(1, free cores // N); OMP_NUM_THREADS overrides")
+            "kernel max(1, free cores // N), and the lessons still running share a finished one's cores once "
+            "none is left to start; OMP_NUM_THREADS overrides (and fixes the count)")
 
 
 def _cmd_doctor(args) -> int:
