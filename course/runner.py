@@ -416,6 +416,17 @@ def grown_share(free: int, running: int, current: int) -> int | None:
     return share if share > current else None
 
 
+def _shares_folder() -> Path | None:
+    """A fresh temporary folder for the kernels' threads files; None (no sharing, the run goes on
+    with fixed threads) where no temporary folder can be made."""
+    try:
+        return Path(tempfile.mkdtemp(prefix="course-threads-"))
+    except OSError as e:
+        print(f"note: the lessons keep their threads to the end (no temporary folder for their threads "
+              f"files: {e.strerror or e}; set TMPDIR to a folder you can write)", flush=True)
+        return None
+
+
 def _share_cores(started: dict, shares: Path, free: int, offered: dict) -> None:
     """After a lesson ended: if every lesson not done is running (none queued), give them the free
     cores (:func:`grown_share`) through their threads files and note it in ``offered``."""
@@ -476,15 +487,16 @@ def run_lessons(selection: list[str] | None = None, profile: str = "default", ou
     if jobs > 1:
         print(f"{jobs} lessons at a time, {threads} thread(s) each, longest first", flush=True)
     # the kernels share out the cores of the lessons that end once none is left to start (course.cores)
-    shares = Path(tempfile.mkdtemp(prefix="course-threads-")) if jobs > 1 and not os.environ.get("OMP_NUM_THREADS") else None
+    shares = _shares_folder() if jobs > 1 and not os.environ.get("OMP_NUM_THREADS") else None
     free = max(1, available_cores() - busy)
     order = schedule(notebooks, profile) if jobs > 1 else notebooks
     offered = {nb.stem: [threads] for nb in order}
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        started = {nb.stem: pool.submit(run_one, nb, out_dir, profile, timeout,
-                                        {**env, THREADS_FILE_ENV: str(shares / f"{nb.stem}.threads")} if shares else env)
-                   for nb in order}
+        def lesson_env(nb: Path) -> dict:   # each kernel's own threads file
+            return {**env, THREADS_FILE_ENV: str(shares / f"{nb.stem}.threads")} if shares else env
+
+        started = {nb.stem: pool.submit(run_one, nb, out_dir, profile, timeout, lesson_env(nb)) for nb in order}
         names = {fut: name for name, fut in started.items()}
         done = {}
         for fut in as_completed(started.values()):                 # printed as each one ends

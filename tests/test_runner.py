@@ -123,6 +123,20 @@ def test_the_last_lesson_running_gets_the_cores_of_the_ones_that_ended(tmp_path,
     assert "threads" not in results["lessons"]["02_waits"] and len(made) == 1
 
 
+def test_without_a_temporary_folder_the_lessons_keep_their_threads(tmp_path, monkeypatch, capsys):
+    _notebook(tmp_path / "nbs", "01_report.ipynb", REPORTER)
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+    def no_tmp(**kw):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(runner.tempfile, "mkdtemp", no_tmp)
+    out, results = run_lessons(profile="ci", out=tmp_path / "run", jobs=2, folder=tmp_path / "nbs")
+    assert results["lessons"]["01_report"]["status"] == "ok" and "threads" not in results["lessons"]["01_report"]
+    printed = capsys.readouterr().out
+    assert "keep their threads to the end" in printed and "Permission denied" in printed and "TMPDIR" in printed
+
+
 def test_kernel_threads_are_free_cores_over_jobs_at_least_one(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runner, "available_cores", lambda: 2)
