@@ -3,7 +3,7 @@
 ``course run -j 2`` on a 2-core CPU starts two lessons with one torch thread each. When the last
 lessons are queued and one of the two ends, the other would run on alone with one thread while a
 core idles: lesson 12 spent its last 26 minutes so on a 2-core AMD EPYC without AVX512-BF16
-(EfficientNet-Lite0 in float32: 42-45 images/s on one thread, 84-101 on two).
+(EfficientNet-Lite0 in float32: 42-62 images/s on one thread, 84-101 on two).
 
 So the runner gives each kernel a file, named by ``COURSE_THREADS_FILE``, and writes into it the
 threads that kernel may now use once nothing is left to start (:func:`write_share`). The kernel
