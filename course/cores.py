@@ -19,10 +19,13 @@ split over, so a lesson that grew mid-run may not repeat the same run's last dig
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
+
+from .results import write_json_atomic
 
 THREADS_FILE_ENV = "COURSE_THREADS_FILE"
 
@@ -30,20 +33,18 @@ _seen: dict[str, tuple] = {}   # file -> (inode, size, mtime) last read: a stat 
 
 
 def read_share(path: str | Path) -> int | None:
-    """The thread count written in ``path``; None if there is none (missing, empty, not a number)."""
+    """The thread count written in ``path``; None if there is none (missing, empty, not a whole
+    number of at least 1)."""
     try:
-        text = Path(path).read_text().strip()
-    except OSError:
+        threads = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
         return None
-    return int(text) if text.isdigit() and int(text) >= 1 else None
+    return threads if type(threads) is int and threads >= 1 else None
 
 
 def write_share(path: str | Path, threads: int) -> None:
     """Tell the kernel reading ``path`` that it may use ``threads`` threads (written whole, atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{int(threads)}\n")
-    os.replace(tmp, path)
+    write_json_atomic(Path(path), int(threads))
 
 
 def follow() -> int:
