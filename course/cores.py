@@ -16,6 +16,10 @@ Torch's threads are per process and set from the main thread (``torch.set_num_th
 OpenMP's count for the calling thread), which is why the kernel polls instead of being told.
 A lesson's numbers can differ in their last bits with the number of threads a reduction was
 split over, so a lesson that grew mid-run may not repeat the same run's last digits.
+
+Code that wants a fixed count for a while says so with ``with threads(n):`` (the thousands of tiny
+eigenvalue problems of the spectral bounds run fastest on one). A share that arrives inside such a
+block waits for its end, and is then taken up instead of the count the block would restore.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ from .results import write_json_atomic
 THREADS_FILE_ENV = "COURSE_THREADS_FILE"
 
 _seen: dict[str, tuple] = {}   # file -> (inode, size, mtime) last read: a stat decides whether to read again
+_held: list[int] = []          # the counts of the `threads` blocks open now, outermost first
+_waiting: list[int] = []       # a share that arrived inside one (at most one entry): taken up at the end
 
 
 def read_share(path: str | Path) -> int | None:
@@ -62,9 +68,41 @@ def follow() -> int:
         if _seen.get(path) != stamp:
             _seen[path] = stamp
             threads = read_share(path)
-            if threads and threads != torch.get_num_threads():
+            if threads and _held:
+                _waiting[:] = [threads]
+            elif threads and threads != torch.get_num_threads():
                 torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+class threads:
+    """``with threads(n): ...`` runs the block with ``n`` torch CPU threads, then restores the count
+    it found (``n`` None: leaves the count alone).
+
+    Inside the block :func:`follow` keeps a share the runner writes instead of taking it up; the
+    block's end takes it up in place of the old count (else the share would be lost until the runner
+    wrote again: it writes once per change). Blocks nest.
+    """
+
+    def __init__(self, n: int | None):
+        self.n = None if n is None else int(n)
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.n is not None:
+            _held.append(self.n)
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.n is None:
+            return False
+        _held.pop()
+        if _held:
+            torch.set_num_threads(self.old)
+        else:
+            torch.set_num_threads(_waiting.pop() if _waiting else self.old)
+        return False
 
 
 def install_cell_hook() -> bool:

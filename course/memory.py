@@ -91,27 +91,6 @@ def auto_batch_size(model: nn.Module, image_shape: Sequence[int], *, backward: b
     return int(max(1, min(cap, n)))
 
 
-class threads:
-    """``with threads(1): ...`` runs the block with that many torch CPU threads, then restores them.
-
-    Thousands of tiny batched problems (the FFT bounds' small eigenvalue problems) each open a
-    parallel region; on a CPU shared with other busy processes every region waits for a core, and
-    2 threads became 10× slower than 1 in our measurements. One thread avoids the waits.
-    """
-
-    def __init__(self, n: int):
-        self.n = int(n)
-
-    def __enter__(self):
-        self.old = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-        return self
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
-        return False
-
-
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _INT_MAX = 2 ** 31 - 1          # mallopt takes a C int: the most a running process can ask for
@@ -203,4 +182,4 @@ def huge_page_empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 __all__ = ["HUGE_PAGE", "MALLOC_ENV", "activation_bytes", "auto_batch_size", "available_memory",
-           "huge_page_empty", "keep_freed_memory", "kept_heap_bytes", "threads"]
+           "huge_page_empty", "keep_freed_memory", "kept_heap_bytes"]

@@ -51,7 +51,6 @@ padding), and beside the circular version of the layer, where the FFT value is e
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from typing import NamedTuple, Sequence
@@ -60,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course import cores
 from course.stability import (  # noqa: F401  (network_bound: re-exported for the product)
     ACTIVATION_LIPSCHITZ,
     LayerBound,
@@ -198,7 +198,7 @@ def block_bounds(model: nn.Module, input_shape: Sequence[int],
         if not hasattr(model, attr):
             raise TypeError(f"block_bounds walks a timm EfficientNet; {type(model).__name__} has "
                             f"no {attr!r}. For a plain chain of layers use layer_bounds.")
-    with _threads(threads):
+    with cores.threads(threads):
         records = _trace(model, input_shape)
         units: list[tuple[str, list[nn.Module], bool]] = [
             ("conv_stem", [model.conv_stem, model.bn1], False)]
@@ -249,7 +249,7 @@ def power_iteration_check(model: nn.Module, input_shape: Sequence[int], iters: i
     if method not in ("lanczos", "power"):
         raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")
     checks = []
-    with _threads(threads):
+    with cores.threads(threads):
         for layer in conv_bn_layers(model, input_shape):
             conv, shape = layer.conv, layer.input_shape
             p = conv.weight
@@ -415,16 +415,3 @@ def _trace(model: nn.Module, input_shape: Sequence[int]) -> list:
     if pending is not None:
         records.append(ConvBN(pending[0], pending[1], None, pending[2], pending[3]))
     return records
-
-
-@contextlib.contextmanager
-def _threads(n: int | None):
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

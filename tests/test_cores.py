@@ -37,6 +37,39 @@ def test_the_kernel_takes_up_the_count_written_for_it(tmp_path, monkeypatch, thr
     assert cores.follow() == 3
 
 
+def test_a_threads_block_sets_its_count_and_restores_the_old_one(monkeypatch, threads_back):
+    monkeypatch.delenv(cores.THREADS_FILE_ENV, raising=False)
+    torch.set_num_threads(2)
+    with cores.threads(1):
+        assert torch.get_num_threads() == 1
+        with cores.threads(3):
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 1, "an inner block restores its outer block's count"
+    assert torch.get_num_threads() == 2
+    with cores.threads(None):
+        assert torch.get_num_threads() == 2, "None leaves the count alone"
+    with pytest.raises(KeyError):
+        with cores.threads(1):
+            raise KeyError("a failure inside the block")
+    assert torch.get_num_threads() == 2, "restored after an exception too"
+
+
+def test_a_share_written_inside_a_threads_block_is_taken_up_at_its_end(tmp_path, monkeypatch, threads_back):
+    share = tmp_path / "05_lesson.threads"
+    monkeypatch.setenv(cores.THREADS_FILE_ENV, str(share))
+    torch.set_num_threads(1)
+    cores.follow()
+    with cores.threads(1):
+        with cores.threads(1):
+            cores.write_share(share, 2)
+            assert cores.follow() == 1, "inside the block the block's count holds"
+        assert torch.get_num_threads() == 1, "the share waits for the outermost block"
+    assert torch.get_num_threads() == 2, "the share is not lost: taken up at the block's end"
+    with cores.threads(1):
+        pass
+    assert torch.get_num_threads() == 2, "a later block restores the share it found"
+
+
 @pytest.mark.parametrize("text, want", [("2\n", 2), ("16", 16), ("0\n", None), ("-1", None), ("", None), ("x", None),
                                         ("2.5", None), ("true", None), ("[2]", None)])
 def test_read_share_takes_only_a_positive_count(tmp_path, text, want):
