@@ -416,14 +416,18 @@ def grown_share(free: int, running: int, current: int) -> int | None:
     return share if share > current else None
 
 
-def _shares_folder() -> Path | None:
-    """A fresh temporary folder for the kernels' threads files; None (no sharing, the run goes on
-    with fixed threads) where no temporary folder can be made."""
+def _scratch_folder(sharing: bool) -> Path | None:
+    """A fresh temporary folder for one run, removed when the run ends: the kernels' threads files
+    live in it, and the lessons' processes get it as TMPDIR (papermill's kernel connection file goes
+    there, so a lesson stopped mid-run leaves nothing behind in the system's temp folder). None where
+    no temporary folder can be made: then the lessons keep their threads (``sharing``: a note says
+    why) and the system's TMPDIR."""
     try:
-        return Path(tempfile.mkdtemp(prefix="course-threads-"))
+        return Path(tempfile.mkdtemp(prefix="course-run-"))
     except OSError as e:
-        print(f"note: the lessons keep their threads to the end (no temporary folder for their threads "
-              f"files: {e.strerror or e}; set TMPDIR to a folder you can write)", flush=True)
+        if sharing:
+            print(f"note: the lessons keep their threads to the end (no temporary folder for their threads "
+                  f"files: {e.strerror or e}; set TMPDIR to a folder you can write)", flush=True)
         return None
 
 
@@ -487,7 +491,11 @@ def run_lessons(selection: list[str] | None = None, profile: str = "default", ou
     if jobs > 1:
         print(f"{jobs} lessons at a time, {threads} thread(s) each, longest first", flush=True)
     # the kernels share out the cores of the lessons that end once none is left to start (course.cores)
-    shares = _shares_folder() if jobs > 1 and not os.environ.get("OMP_NUM_THREADS") else None
+    sharing = jobs > 1 and not os.environ.get("OMP_NUM_THREADS")
+    scratch = _scratch_folder(sharing)
+    shares = scratch if sharing else None
+    if scratch:
+        env = {**env, "TMPDIR": str(scratch)}
     free = max(1, available_cores() - busy)
     order = schedule(notebooks, profile) if jobs > 1 else notebooks
     offered = {nb.stem: [threads] for nb in order}
@@ -517,8 +525,8 @@ def run_lessons(selection: list[str] | None = None, profile: str = "default", ou
         _stop_run(pool)
         raise
     finally:
-        if shares:
-            shutil.rmtree(shares, ignore_errors=True)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     pool.shutdown(wait=True)
     from .device import get_device
 

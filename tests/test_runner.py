@@ -120,7 +120,26 @@ def test_the_last_lesson_running_gets_the_cores_of_the_ones_that_ended(tmp_path,
     _notebook(nbs, "02_waits.ipynb", "import torch, course\ncourse.record('kernel.threads', torch.get_num_threads())")
     out, results = run_lessons(profile="ci", out=tmp_path / "run2", jobs=2, folder=nbs)
     assert results["lessons"]["02_waits"]["metrics"]["kernel.threads"]["value"] == 1
-    assert "threads" not in results["lessons"]["02_waits"] and len(made) == 1
+    assert "threads" not in results["lessons"]["02_waits"]
+    assert len(made) == 2 and not Path(made[1]).exists(), "the run's temporary folder outlived it"
+
+
+def test_the_lessons_temporary_files_go_into_a_folder_the_run_removes(tmp_path, monkeypatch):
+    """Each run gives its lessons a TMPDIR of their own (papermill's kernel connection file lands
+    there), removed when the run ends, also with one lesson at a time."""
+    _notebook(tmp_path / "nbs", "01_tmp.ipynb", "import os, tempfile, course\n"
+              "course.record('kernel.tmpdir', os.environ['TMPDIR'])\n"
+              "course.record('kernel.gettempdir', tempfile.gettempdir())")
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(runner.tempfile, "tempdir", None)   # (tempfile caches the folder it found first)
+    out, results = run_lessons(profile="ci", out=tmp_path / "run", jobs=1, folder=tmp_path / "nbs")
+    metrics = results["lessons"]["01_tmp"]["metrics"]
+    used = Path(metrics["kernel.tmpdir"]["value"])
+    assert used.parent == tmp_path / "tmp" and used.name.startswith("course-run-")
+    assert Path(metrics["kernel.gettempdir"]["value"]) == used
+    assert list((tmp_path / "tmp").iterdir()) == [], "the run left files in the temp folder"
 
 
 def test_without_a_temporary_folder_the_lessons_keep_their_threads(tmp_path, monkeypatch, capsys):
@@ -268,11 +287,14 @@ def _dead(pid: int) -> bool:
 
 
 def _start_run(tmp_path):
-    """A `course run` whose lesson never ends; returns (runner process, pids of papermill and kernel)."""
+    """A `course run` whose lesson never ends, with TMPDIR ``tmp_path / "tmp"``; returns (runner
+    process, pids of papermill and kernel)."""
     pids, tick = tmp_path / "pids.json", tmp_path / "tick"
     nbs = tmp_path / "nbs"
     _notebook(nbs, "01_forever.ipynb", SLEEPER.format(pids=str(pids), tick=str(tick)))
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "TMPDIR": str(tmp_path / "tmp")}
     proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(nbs=str(nbs), out=str(tmp_path / "out"))],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -327,6 +349,7 @@ def test_ctrl_c_stops_the_run_with_one_line(tmp_path, sig):
         assert len(lines) == 1 and "interrupted" in lines[0] and "1 running lesson(s) stopped" in lines[0], err
         assert _wait_dead(pids, seconds=2) == {"kernel": True, "papermill": True}, "the kernel outlived the run"
         assert json.loads((tmp_path / "out" / "results.json").read_text())["interrupted"] is True
+        assert list((tmp_path / "tmp").iterdir()) == [], "the stopped lesson left files in the temp folder"
     finally:
         _kill_leftovers(proc, pids)
 
