@@ -342,7 +342,8 @@ def _execute_once(nb: nbformat.NotebookNode, workdir: Path, cwd: Path, timeout: 
     env = {k: v for k, v in os.environ.items() if k != "COURSE_RESULTS_FILE"}  # nothing the kernel writes counts
     env.update({"COURSE_PROFILE": profile, "COURSE_GRADING": str(workdir),
                 "MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures become PNG outputs
-                "PYTHONUNBUFFERED": "1", "COURSE_HEADLESS": "1"})
+                "PYTHONUNBUFFERED": "1", "COURSE_HEADLESS": "1",
+                "TMPDIR": str(workdir)})  # the kernel's connection file too: a killed kernel leaves nothing in /tmp
     proc = subprocess.Popen([sys.executable, "-c", _EXECUTOR, str(src), str(out), str(cwd)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -199,6 +199,8 @@ def test_a_notebook_that_is_not_ours_gets_a_clear_verdict(tmp_path, solutions):
 
 def test_a_notebook_that_loops_times_out(tmp_path, solutions, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the grader's temporary files go here
+    (tmp_path / "system_tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "system_tmp"))    # the one its children would otherwise use
     nb = nbformat.read(LESSONS / "00_welcome.ipynb", as_version=4)
     nb.cells.insert(3, new_code_cell("while True:\n    pass", id="loop"))
     nbformat.write(nb, tmp_path / "00_welcome.ipynb")
@@ -206,6 +208,8 @@ def test_a_notebook_that_loops_times_out(tmp_path, solutions, monkeypatch):
     assert report.verdict == TIMED_OUT and report.seconds < 60
     assert report.score == 0 and "not reached" in report.exercises[0].reason
     assert not _kernels_under(tmp_path), "the kernel outlived the time limit"
+    assert list((tmp_path / "system_tmp").iterdir()) == [], "the killed kernel left its files in the temp folder"
+    assert not list(tmp_path.glob("course-grade-*")), "the grader's own folder outlived the grading"
 
 
 def test_grade_command_prints_a_gradebook(tmp_path, capsys):
