@@ -46,6 +46,7 @@ from pathlib import Path
 import nbformat
 import psutil
 
+from .headless import headless_environment
 from .lessons import BEGIN_HIDDEN, END_HIDDEN, build_lesson, grade_id_exercise, repo_root, strip_blocks
 
 GRADED, TIMED_OUT, CRASHED = "graded", "timed out", "crashed"
@@ -339,10 +340,9 @@ def _execute_once(nb: nbformat.NotebookNode, workdir: Path, cwd: Path, timeout: 
     nb.cells.insert(params + 1, nbformat.v4.new_code_cell(f"profile = {profile!r}  # injected by course grade",
                                                           id="injected-parameters"))
     nbformat.write(nb, src)
-    env = {k: v for k, v in os.environ.items() if k != "COURSE_RESULTS_FILE"}  # nothing the kernel writes counts
-    env.update({"COURSE_PROFILE": profile, "COURSE_GRADING": str(workdir),
-                "MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures become PNG outputs
-                "PYTHONUNBUFFERED": "1", "COURSE_HEADLESS": "1",
+    env = headless_environment(profile, {k: v for k, v in os.environ.items()
+                                         if k != "COURSE_RESULTS_FILE"})  # nothing the kernel writes counts
+    env.update({"COURSE_GRADING": str(workdir),
                 "TMPDIR": str(workdir)})  # the kernel's connection file too: a killed kernel leaves nothing in /tmp
     proc = subprocess.Popen([sys.executable, "-c", _EXECUTOR, str(src), str(out), str(cwd)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from .cores import THREADS_FILE_ENV, write_share
 from .data import cache_root
+from .headless import headless_environment
 from .memory import MALLOC_ENV
 from .lessons import repo_root
 from .profiles import NAMES
@@ -89,9 +90,7 @@ def kernel_environment(profile: str, jobs: int, busy: int | None = None) -> dict
     ``COURSE_CACHE=cache`` downloads a second MNIST into ``solutions/cache``), and each kernel gets
     :func:`kernel_threads` torch threads unless the user set ``OMP_NUM_THREADS`` themselves.
     """
-    env = {**os.environ, "COURSE_PROFILE": profile,
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures saved in the executed notebook
-           "PYTHONUNBUFFERED": "1", "COURSE_HEADLESS": "1"}
+    env = headless_environment(profile, os.environ)
     for name in PATH_VARIABLES:
         if env.get(name) and "://" not in env[name]:
             env[name] = str(absolute_path(env[name]))

@@ -129,7 +129,9 @@ def test_the_lessons_temporary_files_go_into_a_folder_the_run_removes(tmp_path, 
     there), removed when the run ends, also with one lesson at a time."""
     _notebook(tmp_path / "nbs", "01_tmp.ipynb", "import os, tempfile, course\n"
               "course.record('kernel.tmpdir', os.environ['TMPDIR'])\n"
-              "course.record('kernel.gettempdir', tempfile.gettempdir())")
+              "course.record('kernel.gettempdir', tempfile.gettempdir())\n"
+              "course.record('kernel.headless', ' '.join(os.environ[k] for k in "
+              "('COURSE_PROFILE', 'COURSE_HEADLESS', 'MPLBACKEND', 'PYTHONUNBUFFERED')))")
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
@@ -139,6 +141,7 @@ def test_the_lessons_temporary_files_go_into_a_folder_the_run_removes(tmp_path, 
     used = Path(metrics["kernel.tmpdir"]["value"])
     assert used.parent == tmp_path / "tmp" and used.name.startswith("course-run-")
     assert Path(metrics["kernel.gettempdir"]["value"]) == used
+    assert metrics["kernel.headless"]["value"] == "ci 1 module://matplotlib_inline.backend_inline 1"
     assert list((tmp_path / "tmp").iterdir()) == [], "the run left files in the temp folder"
 
 
