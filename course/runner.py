@@ -26,6 +26,7 @@ import json
 import os
 import signal
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
+
+import psutil
 
 from .cores import THREADS_FILE_ENV, write_share
 from .data import cache_root
@@ -415,15 +418,55 @@ def grown_share(free: int, running: int, current: int) -> int | None:
     return share if share > current else None
 
 
+SCRATCH_PREFIX, SCRATCH_OWNER = "course-run-", "owner"
+
+
+def _owner_tag(pid: int) -> str | None:
+    """``host pid start-time`` of a live process (None if it has ended): what a run's temporary
+    folder records about the run that made it. The start time tells a reused pid from the run."""
+    try:
+        return f"{socket.gethostname()} {pid} {psutil.Process(pid).create_time():.3f}"
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _remove_orphaned_scratch() -> None:
+    """Remove the temporary folders of runs that ended without cleaning up (a runner killed by
+    SIGKILL or by the out-of-memory killer cannot run its ``finally``). Only folders this user owns,
+    whose ``owner`` file names a process of this machine that no longer runs; anything else,
+    including a folder without that file, is left alone."""
+    try:
+        folders = list(Path(tempfile.gettempdir()).glob(SCRATCH_PREFIX + "*"))
+    except OSError:
+        return
+    host, uid = socket.gethostname(), getattr(os, "getuid", lambda: None)()
+    for folder in folders:
+        try:
+            tag = (folder / SCRATCH_OWNER).read_text()
+            name, pid, _ = tag.split()
+            if (uid is not None and folder.stat().st_uid != uid) or name != host or _owner_tag(int(pid)) == tag:
+                continue
+        except (OSError, ValueError):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _scratch_folder(sharing: bool) -> Path | None:
     """A fresh temporary folder for one run, removed when the run ends: the kernels' threads files
     live in it, and the lessons' processes get it as TMPDIR (papermill's kernel connection file goes
     there, so a lesson stopped mid-run leaves nothing behind in the system's temp folder). None where
     no temporary folder can be made: then the lessons keep their threads (``sharing``: a note says
-    why) and the system's TMPDIR."""
+    why) and the system's TMPDIR. The folder names the run in its ``owner`` file, so that a later
+    run removes it if this one is killed before it can (:func:`_remove_orphaned_scratch`)."""
+    _remove_orphaned_scratch()
+    folder = None
     try:
-        return Path(tempfile.mkdtemp(prefix="course-run-"))
+        folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+        (folder / SCRATCH_OWNER).write_text(_owner_tag(os.getpid()))
+        return folder
     except OSError as e:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
         if sharing:
             print(f"note: the lessons keep their threads to the end (no temporary folder for their threads "
                   f"files: {e.strerror or e}; set TMPDIR to a folder you can write)", flush=True)

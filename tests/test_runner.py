@@ -3,6 +3,7 @@ chooses the kernels' threads for the machine."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -326,8 +327,9 @@ def _kill_leftovers(proc, pids: dict):
             pass
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux only")
-def test_a_killed_runner_takes_papermill_and_the_kernel_with_it(tmp_path):
+def _killed_run(tmp_path) -> Path:
+    """Start a run (:func:`_start_run`), SIGKILL the runner, check that its lesson died with it;
+    return the temporary folder the runner could not remove."""
     proc, pids, tick = _start_run(tmp_path)
     try:
         proc.send_signal(signal.SIGKILL)
@@ -338,6 +340,37 @@ def test_a_killed_runner_takes_papermill_and_the_kernel_with_it(tmp_path):
         assert tick.stat().st_size == size, "something still writes into the run"
     finally:
         _kill_leftovers(proc, pids)
+    (left,) = (tmp_path / "tmp").glob("course-run-*")   # a killed runner cannot clean up after itself
+    return left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux only")
+def test_a_killed_runner_takes_papermill_and_the_kernel_with_it(tmp_path):
+    _killed_run(tmp_path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux only")
+def test_the_next_run_removes_a_killed_runs_temporary_folder_and_nothing_else(tmp_path, monkeypatch):
+    left = _killed_run(tmp_path)
+    tmp = tmp_path / "tmp"
+    ours = tmp / "course-run-live"          # a run still going (this process) keeps its folder
+    ours.mkdir()
+    (ours / "owner").write_text(runner._owner_tag(os.getpid()))
+    reused = tmp / "course-run-reused"      # this pid, another start time: a dead run whose pid was reused
+    reused.mkdir()
+    (reused / "owner").write_text(f"{socket.gethostname()} {os.getpid()} 12345.000")
+    abroad = tmp / "course-run-abroad"      # another machine's run (a shared temp folder): not ours to judge
+    abroad.mkdir()
+    (abroad / "owner").write_text("elsewhere.example 1 1.000")
+    unknown = tmp / "course-run-old"        # no owner file (an older version, or not ours): kept
+    unknown.mkdir()
+    _notebook(tmp_path / "nbs2", "01_ok.ipynb", "x = 1")
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(runner.tempfile, "tempdir", None)
+    run_lessons(profile="ci", out=tmp_path / "run2", jobs=1, folder=tmp_path / "nbs2")
+    assert not left.exists() and not reused.exists(), "the killed runs' folders outlived the next run"
+    assert sorted(p.name for p in tmp.iterdir()) == ["course-run-abroad", "course-run-live", "course-run-old"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
