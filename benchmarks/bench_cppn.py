@@ -23,7 +23,8 @@ the per-round ratios.
   the plans precomputed (``numpy_eval_only_s``).
 - **The pixel-math floor** (``Floor``): the per-pixel arithmetic these genomes cannot avoid, as a
   few big batched torch ops on preallocated float32 arrays with no planning, gathering or
-  allocation: for each block of genomes, (1) every computed node's input term (x, y, d, bias) as
+  allocation: for each block of genomes, (1) every computed node's (a node the outputs depend on,
+  with at least one connection: one without is a constant) input term (x, y, d, bias) as
   one ``mm`` (nodes, 4) @ (4, pixels), rows grouped by activation; (2) one multiply-add per
   hidden-to-node connection per pixel, a single ``addcmul_`` over (connections, pixels); (3) each
   activation once, in place, on its contiguous block of rows (the renderer's own functions);
@@ -68,7 +69,8 @@ import numpy as np
 import torch
 
 from course import memory
-from course.evolution.cppn import N_INPUTS, NP_ACTIVATIONS_INPLACE, CPPNEncoding, coordinates, render_method
+from course.evolution.cppn import (CPU_ACTIVATIONS_INPLACE, N_INPUTS, NP_ACTIVATIONS_INPLACE, CPPNEncoding,
+                                   coordinates, render_method)
 
 
 def make_genomes(n: int, seed: int, rounds: int = 10, device="cpu") -> tuple[CPPNEncoding, dict]:
@@ -138,8 +140,9 @@ def numpy_genome(genome: dict, n_outputs: int):
     return {n: act[n] for n in sources}, sources, list(range(N_INPUTS, N_INPUTS + n_outputs))
 
 
-# The activations in place: numpy's SIMD loops, the same four functions the per-genome renderer
-# uses (2(σ(z) − 0.5) as tanh(z / 2): one transcendental call).
+# The activations in place, with numpy's own SIMD loops (2(σ(z) − 0.5) as tanh(z / 2): one
+# transcendental call), as a numpy user would write them. (Our renderer and the floor use torch's
+# sigmoid instead, which is faster here: CPU_ACTIVATIONS_INPLACE.)
 _NP_ACTIVATIONS = NP_ACTIVATIONS_INPLACE
 
 
@@ -207,7 +210,8 @@ class Floor:
     """The per-pixel arithmetic these genomes need, as a few big batched ops on preallocated arrays.
 
     Counted per genome from its plan (``numpy_plan``: the nodes its outputs depend on): T nodes to
-    compute, E_h connections from a hidden node, the activation of each node. For a block of
+    compute (those with a connection: a node without one is the constant activation(0), a fill,
+    which the floor leaves out), E_h connections from a hidden node, the activation of each node. For a block of
     genomes (T_b nodes, E_b hidden connections in all, at most ``block_floats`` floats per buffer):
 
     1. every node's input term (x, y, d, bias): one ``torch.mm`` (T_b, 4) @ (4, pixels) into a
@@ -215,7 +219,8 @@ class Floor:
     2. every hidden connection's term: one multiply-add per connection per pixel, a single
        ``addcmul_`` on preallocated (E_b, pixels) arrays;
     3. the activations: one in-place call per activation type on its contiguous block of rows
-       (numpy's SIMD functions, the per-genome renderer's own: the fastest at hand on a CPU);
+       (the per-genome renderer's own, the fastest at hand on a CPU: numpy's SIMD loops, torch's
+       sigmoid);
     4. the outputs: ``abs_().clamp_(max=1)`` on their (genomes × channels, pixels) rows.
 
     ``mode="sparse"`` replaces step 1 by one multiply-add per *input* connection too (in step 2's
@@ -232,9 +237,9 @@ class Floor:
 
     def __init__(self, genomes: list, plans: list, H: int, W: int, block_floats: int, mode: str = "dense"):
         self.mode = mode  # "dense" (step 1 as above), "sparse" (see run) or "activations" (step 3 alone)
-        # The fastest activations at hand on a CPU: numpy's SIMD loops, in place (the per-genome
-        # renderer's own; torch's sin and exp are 2-3x slower here).
-        self.acts = [lambda t, f=f: f(t.numpy()) for f in NP_ACTIVATIONS_INPLACE]
+        # The fastest activations at hand on a CPU, in place: the per-genome renderer's own
+        # (numpy's sin, exp and clip, torch's sigmoid; see CPU_ACTIVATIONS_INPLACE).
+        self.acts = [lambda t, f=f: f(t.numpy()) for f in CPU_ACTIVATIONS_INPLACE]
         HW = H * W
         self.inputs = coordinates(H, W, dtype=torch.float32)
         self.blocks, i = [], 0
@@ -243,7 +248,7 @@ class Floor:
             while j < len(genomes):
                 acts, sources, outputs = genomes[j]
                 new = [(acts[n], [float(w) if s < N_INPUTS else 0.0 for s, w in _dense(sources[n])])
-                       for n in plans[j]]
+                       for n in plans[j] if sources[n]]   # a node without connections is a constant
                 hw = [float(w) for n in plans[j] for s, w in sources[n] if s >= N_INPUTS]
                 if mode == "sparse":   # every connection, input or hidden, is one multiply-add
                     hw += [float(w) for n in plans[j] for s, w in sources[n] if s < N_INPUTS]
