@@ -548,7 +548,7 @@ def _render_each(ws, act, sizes, out_pos, inputs, out) -> None:
     values = _scratch("F", (ws.shape[1], inputs.shape[1]), torch.from_numpy(inputs)).numpy()
     values[:N_INPUTS] = inputs
     rows = list(torch.from_numpy(values))
-    for w, a, n, pos, o in zip(ws, act, sizes, out_pos, out):
+    for w, a, n, pos, o, o_t in zip(ws, act, sizes, out_pos, out, torch.from_numpy(out)):
         dst, src = np.nonzero(w[:n, :n])                 # row-major: by destination, in order
         wv, dst, src = w[dst, src].tolist(), dst.tolist(), src.tolist()
         i, m = 0, len(dst)
@@ -564,7 +564,7 @@ def _render_each(ws, act, sizes, out_pos, inputs, out) -> None:
             else:                                        # no connection: the constant activation(0)
                 v.fill(ACTIVATION_AT_ZERO[a[k]])
         np.abs(values[pos], out=o)
-        np.minimum(o, 1.0, out=o)
+        o_t.clamp_max_(1.0)                              # (np.minimum with a scalar: 4x slower)
 
 
 # Applying an activation to each run of rows that share it, instead of gathering the rows into
