@@ -167,6 +167,12 @@ def _cmd_build(args) -> int:
     if args.check:
         for name in report.stale:
             print(f"stale     lessons/{name}: differs from what solutions/ gives; run `course build-lessons`")
+        for name in report.unrecorded:
+            print(f"manifest  lessons/{name}: as solutions/ gives it, but lessons/.manifest.json has another "
+                  "digest (a merge?); run `course build-lessons` to record it")
+    else:
+        for name in report.unrecorded:
+            print(f"recorded  lessons/{name}: its digest in lessons/.manifest.json (it is as solutions/ gives it)")
     for name in report.orphans:
         print(f"orphan    lessons/{name}: no matching solution")
     for name, problems in report.unconventional.items():

@@ -174,6 +174,11 @@ class BuildReport:
     unchanged: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)      # differ from what the solutions give
     edited: list[str] = field(default_factory=list)     # changed by hand since last written: kept
+    # as the solution gives them, but the manifest had another digest (say, after a git merge that took
+    # the lesson from one side and the manifest from the other): the digest is put right (not with
+    # check), so that the next change of the solution reaches the lesson instead of being "kept"
+    unrecorded: list[str] = field(default_factory=list)
+    checked: bool = False                              # a check: nothing written, the digests still stale
     leaking: dict[str, list[str]] = field(default_factory=dict)
     orphans: list[str] = field(default_factory=list)    # lessons with no solution
     unconventional: dict[str, list[str]] = field(default_factory=dict)  # exercise_problems, per solution
@@ -181,7 +186,8 @@ class BuildReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.stale or self.edited or self.leaking or self.orphans or self.unconventional)
+        return not (self.stale or self.edited or self.leaking or self.orphans or self.unconventional
+                    or (self.checked and self.unrecorded))
 
 
 def build_lessons(solutions_dir: Path | None = None, lessons_dir: Path | None = None, *, check: bool = False,
@@ -194,7 +200,7 @@ def build_lessons(solutions_dir: Path | None = None, lessons_dir: Path | None = 
         raise FileNotFoundError(f"No solutions folder at {sol_dir}; run from a checkout of the course.")
     manifest_path = les_dir / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    report = BuildReport()
+    report = BuildReport(checked=check)
     sources = sorted(sol_dir.glob("[0-9][0-9]_*.ipynb"))
     for sol_path in sources:
         solution = nbformat.read(sol_path, as_version=4)
@@ -209,6 +215,9 @@ def build_lessons(solutions_dir: Path | None = None, lessons_dir: Path | None = 
         current = target.read_text() if target.exists() else None
         if current == text:
             report.unchanged.append(target.name)
+            if manifest.get(target.name) != _digest(text):   # (a merge can leave a stale digest)
+                report.unrecorded.append(target.name)
+                manifest[target.name] = _digest(text)
             continue
         report.stale.append(target.name)
         hand_edited = current is not None and manifest.get(target.name) != _digest(current)
@@ -227,6 +236,6 @@ def build_lessons(solutions_dir: Path | None = None, lessons_dir: Path | None = 
     report.orphans = sorted(p.name for p in les_dir.glob("[0-9][0-9]_*.ipynb") if p.name not in names)
     if not check:
         report.stale = [s for s in report.stale if s not in report.written]
-        if report.written:
+        if report.written or report.unrecorded:
             manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
     return report

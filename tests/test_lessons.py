@@ -79,6 +79,38 @@ def test_edited_lessons_are_never_overwritten_without_force(tmp_path):
     assert "new text" in (les / "09_demo.ipynb").read_text()
 
 
+def test_a_stale_digest_for_an_unedited_lesson_is_put_right_not_kept(tmp_path, capsys):
+    """After a merge that took the lesson from one branch and the manifest from the other, the
+    lesson is what its solution gives but its digest is another: --check says so, a build records
+    the right digest, and the solution's next change reaches the lesson (it is not "kept")."""
+    import json
+
+    from course.cli import main
+
+    sol, les = tmp_path / "solutions", tmp_path / "lessons"
+    sol.mkdir()
+    nbformat.write(_solution(), sol / "09_demo.ipynb")
+    build_lessons(sol, les)
+    manifest = les / ".manifest.json"
+    manifest.write_text(json.dumps({"09_demo.ipynb": "0" * 64}))
+    checked = build_lessons(sol, les, check=True)
+    assert checked.unrecorded == ["09_demo.ipynb"] and not checked.ok and checked.stale == []
+    assert json.loads(manifest.read_text()) == {"09_demo.ipynb": "0" * 64}, "a check wrote the manifest"
+    built = build_lessons(sol, les)
+    assert built.unrecorded == ["09_demo.ipynb"] and built.ok and built.written == []
+    assert build_lessons(sol, les, check=True).ok
+    nb = _solution()
+    nb.cells[1].source = nb.cells[1].source.replace("visible", "new text")
+    nbformat.write(nb, sol / "09_demo.ipynb")
+    assert build_lessons(sol, les).written == ["09_demo.ipynb"]
+    assert "new text" in (les / "09_demo.ipynb").read_text()
+
+
+def test_the_committed_manifest_records_every_lesson():
+    report = build_lessons(check=True)
+    assert report.unrecorded == [], f"run `course build-lessons`: stale digests for {report.unrecorded}"
+
+
 def test_check_mode_reports_stale_and_orphans(tmp_path):
     sol, les = tmp_path / "solutions", tmp_path / "lessons"
     shutil.copytree(repo_root() / "solutions", sol)
