@@ -41,7 +41,6 @@ import psutil
 from .cores import THREADS_FILE_ENV, write_share
 from .data import cache_root
 from .headless import headless_environment
-from .memory import MALLOC_ENV
 from .lessons import repo_root
 from .profiles import NAMES
 from .results import _fmt, write_json_atomic
@@ -97,8 +96,6 @@ def kernel_environment(profile: str, jobs: int, busy: int | None = None) -> dict
     for name in PATH_VARIABLES:
         if env.get(name) and "://" not in env[name]:
             env[name] = str(absolute_path(env[name]))
-    for name, value in MALLOC_ENV.items():   # glibc keeps freed activations (EfficientNet: 2-3x faster)
-        env.setdefault(name, value)
     if not os.environ.get("OMP_NUM_THREADS"):
         threads, _ = kernel_threads(jobs, busy)
         env["OMP_NUM_THREADS"] = str(threads)

@@ -146,6 +146,20 @@ def test_the_older_one_cell_form_is_still_graded(tmp_path):
     assert [(e.id, e.passed) for e in report.exercises] == [("0.1", True)], (report.exercises, report.detail)
 
 
+def test_the_grading_kernel_runs_headless_like_course_run(tmp_path, monkeypatch):
+    """The submission's kernel gets the environment `course run` gives its lessons (course.headless):
+    the profile graded, figures as PNG, widgets called once, glibc keeping freed memory."""
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    sol_dir = tmp_path / "solutions"
+    sol_dir.mkdir()
+    solution = _tiny_solution("import os\nassert [os.environ.get(k) for k in ('COURSE_PROFILE', 'COURSE_HEADLESS', "
+                              "'MPLBACKEND', 'MALLOC_MMAP_MAX_')] == ['ci', '1', "
+                              "'module://matplotlib_inline.backend_inline', '0'], 'not headless'")
+    nbformat.write(solution, sol_dir / "42_tiny.ipynb")
+    report = grade_notebook(_student_of(solution, tmp_path), timeout=120, solutions_dir=sol_dir)
+    assert report.verdict == "graded" and report.exercises[0].passed, report
+
+
 def test_a_kernel_that_fails_to_start_is_started_again(tmp_path, monkeypatch):
     """The grader's bad luck (a kernel port taken by a kernel started at the same moment, seen once in
     CI) is not the student's: the kernel is started again; a kernel that never starts is said so."""

@@ -132,7 +132,7 @@ def test_the_lessons_temporary_files_go_into_a_folder_the_run_removes(tmp_path, 
               "course.record('kernel.tmpdir', os.environ['TMPDIR'])\n"
               "course.record('kernel.gettempdir', tempfile.gettempdir())\n"
               "course.record('kernel.headless', ' '.join(os.environ[k] for k in "
-              "('COURSE_PROFILE', 'COURSE_HEADLESS', 'MPLBACKEND', 'PYTHONUNBUFFERED')))")
+              "('COURSE_PROFILE', 'COURSE_HEADLESS', 'MPLBACKEND', 'PYTHONUNBUFFERED', 'MALLOC_MMAP_MAX_')))")
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
@@ -142,7 +142,7 @@ def test_the_lessons_temporary_files_go_into_a_folder_the_run_removes(tmp_path, 
     used = Path(metrics["kernel.tmpdir"]["value"])
     assert used.parent == tmp_path / "tmp" and used.name.startswith("course-run-")
     assert Path(metrics["kernel.gettempdir"]["value"]) == used
-    assert metrics["kernel.headless"]["value"] == "ci 1 module://matplotlib_inline.backend_inline 1"
+    assert metrics["kernel.headless"]["value"] == "ci 1 module://matplotlib_inline.backend_inline 1 0"
     assert list((tmp_path / "tmp").iterdir()) == [], "the run left files in the temp folder"
 
 
