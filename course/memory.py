@@ -114,8 +114,8 @@ def keep_freed_memory() -> bool:
     speed on a CPU that way. This turns mmap off (``M_MMAP_MAX=0``) and keeps up to 2 GiB − 1
     of free heap (``M_TRIM_THRESHOLD``: a C ``int``, so no more in a running process); the
     environment variables of :data:`MALLOC_ENV` (which ``course run`` and ``course grade`` set
-    for every kernel: :mod:`course.headless`) do the same from a process's start, with a larger threshold, which this leaves in
-    place. :func:`auto_batch_size` keeps a batch's activations under the threshold in effect
+    for every kernel: :mod:`course.headless`) do the same from a process's start, with a larger
+    threshold, which this leaves in place. :func:`auto_batch_size` keeps a batch's activations under the threshold in effect
     (:func:`kept_heap_bytes`). Returns False where there is no glibc (macOS, Windows, musl):
     nothing to do there.
     """

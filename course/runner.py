@@ -443,7 +443,7 @@ def _remove_orphaned_scratch() -> None:
             name, pid, _ = tag.split()
             if (uid is not None and folder.stat().st_uid != uid) or name != host or _owner_tag(int(pid)) == tag:
                 continue
-        except (OSError, ValueError):
+        except (OSError, ValueError, psutil.AccessDenied):   # (AccessDenied: that process still runs)
             continue
         shutil.rmtree(folder, ignore_errors=True)
 
