@@ -211,8 +211,9 @@ class Floor:
 
     Counted per genome from its plan (``numpy_plan``: the nodes its outputs depend on): T nodes to
     compute (those with a connection: a node without one is the constant activation(0), a fill,
-    which the floor leaves out), E_h connections from a hidden node, the activation of each node. For a block of
-    genomes (T_b nodes, E_b hidden connections in all, at most ``block_floats`` floats per buffer):
+    which the floor leaves out), E_h connections from a hidden node, the activation of each node.
+    For a block of genomes (T_b nodes, E_b hidden connections in all, at most ``block_floats``
+    floats per buffer):
 
     1. every node's input term (x, y, d, bias): one ``torch.mm`` (T_b, 4) @ (4, pixels) into a
        preallocated (T_b, pixels) buffer whose rows are grouped by activation;

@@ -79,13 +79,11 @@ def test_edited_lessons_are_never_overwritten_without_force(tmp_path):
     assert "new text" in (les / "09_demo.ipynb").read_text()
 
 
-def test_a_stale_digest_for_an_unedited_lesson_is_put_right_not_kept(tmp_path, capsys):
+def test_a_stale_digest_for_an_unedited_lesson_is_put_right_not_kept(tmp_path):
     """After a merge that took the lesson from one branch and the manifest from the other, the
     lesson is what its solution gives but its digest is another: --check says so, a build records
     the right digest, and the solution's next change reaches the lesson (it is not "kept")."""
     import json
-
-    from course.cli import main
 
     sol, les = tmp_path / "solutions", tmp_path / "lessons"
     sol.mkdir()

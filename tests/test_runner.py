@@ -345,12 +345,9 @@ def _killed_run(tmp_path) -> Path:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux only")
-def test_a_killed_runner_takes_papermill_and_the_kernel_with_it(tmp_path):
-    _killed_run(tmp_path)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux only")
-def test_the_next_run_removes_a_killed_runs_temporary_folder_and_nothing_else(tmp_path, monkeypatch):
+def test_a_killed_runner_takes_its_lesson_with_it_and_the_next_run_removes_only_its_folder(tmp_path, monkeypatch):
+    """papermill and the kernel die with a SIGKILLed runner (:func:`_killed_run`); the folder it
+    left is removed by the next run, and no other run's folder is."""
     left = _killed_run(tmp_path)
     tmp = tmp_path / "tmp"
     ours = tmp / "course-run-live"          # a run still going (this process) keeps its folder

@@ -502,15 +502,23 @@ def _torch_linear(z):
 
 
 NP_ACTIVATIONS_INPLACE = (_np_sin, _np_sigmoid, _np_gaussian, _np_linear)
-# Each activation at 0, exactly (sin 0, 2(σ(0) − 0.5), exp(−0²), 0/3): the value of a node without
-# connections. (A fifth of evolved genomes' computed nodes have none: a fill, not an activation.)
-ACTIVATION_AT_ZERO = (0.0, 0.0, 1.0, 0.0)
 # The fastest of numpy's and torch's in place, per activation: what the per-genome renderer uses.
 # Measured on 1,000 evolved genomes at 224×224 (2-core AMD EPYC, AVX2, one thread, torch 2.14,
 # numpy 2.4): torch's sigmoid instead of numpy's tanh(z/2) saved 0.107 s of 0.61; torch's sin and
 # exp(−z²) cost 0.03–0.04 s more than numpy's on the genomes' own values; torch's clamp_ is 2x
 # np.clip; a scalar multiply or add costs ~17 µs a call in torch, 3–8 in numpy.
 CPU_ACTIVATIONS_INPLACE = (_np_sin, _torch_sigmoid, _np_gaussian, _torch_linear)
+
+
+def _at_zero(activation) -> float:
+    z = np.zeros(1)
+    activation(z)
+    return float(z[0])
+
+
+# Each activation at 0 (sin 0, 2(σ(0) − 0.5), exp(−0²), 0/3, all exact): the value of a node
+# without connections. (A fifth of evolved genomes' computed nodes have none: a fill, not an activation.)
+ACTIVATION_AT_ZERO = tuple(_at_zero(f) for f in CPU_ACTIVATIONS_INPLACE)
 # From this many pixels the CPU renders genome by genome (measured on a 2-core AMD EPYC, one
 # thread: at 28×28 the batched renderer is 1.4x faster; at 48×48 the per-genome one is 1.2x, at
 # 224×224 2.8x).
