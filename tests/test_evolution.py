@@ -403,6 +403,85 @@ def test_cppn_compiled_renderer_edge_cases():
         enc.render(cyclic, method="compiled")
 
 
+def test_cppn_float32_activations_are_the_float64_functions_to_float32_accuracy():
+    """The float32 renderer's own activations, on float32 inputs, against the float64 functions:
+    sin up to its limit (and at the quadrant edges), the sigmoid and the Gaussian through the whole
+    range of their exponent, each within a float32 step or two of 1; NaN stays NaN, ±inf goes to the
+    limits; bad arrays are named."""
+    from course.evolution import cppn_cpu32
+
+    rng = np.random.default_rng(0)
+    edges = (np.arange(-40, 41) * (np.pi / 4)).astype(np.float32)
+    cases = {0: np.concatenate([rng.uniform(-4, 4, 20000), rng.uniform(-cppn_cpu32.SIN_LIMIT, cppn_cpu32.SIN_LIMIT, 20000),
+                                edges, np.nextafter(edges, np.float32(np.inf)), [0.0]]),
+             1: np.concatenate([rng.uniform(-30, 30, 20000), rng.uniform(-1e-3, 1e-3, 2000), [0.0, 20.0, -25.0]]),
+             2: np.concatenate([rng.uniform(-12, 12, 20000), rng.uniform(9.2, 9.4, 2000), [0.0, -9.3, 1e3]]),
+             3: np.concatenate([rng.uniform(-5, 5, 20000), [-3.0, 3.0, 0.0]])}
+    f64 = {0: np.sin, 1: lambda z: np.tanh(z / 2), 2: lambda z: np.exp(-z * z), 3: lambda z: np.clip(z, -3, 3) / 3}
+    for a, x in cases.items():
+        x = x.astype(np.float32)
+        got = cppn_cpu32.activate(a, x.copy())
+        np.testing.assert_allclose(got, f64[a](x.astype(np.float64)), atol=1.2e-7, rtol=0, err_msg=f"activation {a}")
+        special = cppn_cpu32.activate(a, np.array([np.nan, np.inf, -np.inf] if a else [np.nan], np.float32))
+        assert np.isnan(special[0])
+        if a:
+            np.testing.assert_array_equal(special[1:], [1.0, -1.0] if a != 2 else [0.0, 0.0])
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        cppn_cpu32.activate(0, np.zeros(8))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        cppn_cpu32.activate(0, np.zeros((4, 4), np.float32)[:, 0])
+    with pytest.raises(ValueError, match="activation must be"):
+        cppn_cpu32.activate(4, np.zeros(8, np.float32))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("weight_range", [10.0, 1e4])
+def test_cppn_compiled_float32_renderer_is_the_cppn_to_float32_accuracy(channels, weight_range):
+    """The float32 compiled renderer against the per-pixel float64 reference on the same weights,
+    over two tiles of pixels (40×30): evolved genomes at the paper's weights within 1e-5 (float32
+    node values); start genomes (inputs straight into the outputs) at large weights within the
+    float32 sum's own rounding, 4·2⁻²⁴·Σ|w·input| (sin is 1-Lipschitz), the library sin beyond
+    SIN_LIMIT. A genome's image is its own wherever it sits in the batch; a NaN weight gives NaN
+    pixels through every activation; a cycle is named."""
+    if weight_range == 10.0:
+        enc, pop = evolved_cppns(channels, rounds=25, dtype=torch.float32)
+        assert int(enc.sizes(pop)[0].max()) >= 3
+    else:
+        enc = CPPNEncoding(shape=(channels, 28, 28), max_hidden=2, weight_range=weight_range)
+        pop = enc.random(16, gen(4))
+    images = enc.render(pop, shape=(40, 30), method="compiled-float32")
+    assert images.dtype == torch.float32 and images.shape == (len(pop["act"]), channels, 40, 30)
+    acts, beyond = set(), 0
+    for i in range(len(pop["act"])):
+        ref = render_reference({k: v[i] for k, v in pop.items()}, (channels, 40, 30))
+        if weight_range == 10.0:
+            atol = 1e-5
+        else:
+            reach = pop["weight"][i, N_INPUTS:N_INPUTS + channels, :N_INPUTS].abs().double().sum(dim=1) * math.sqrt(2)
+            beyond += int((reach > 8192).sum())
+            atol = 4 * 2.0 ** -24 * float(reach.max()) + 2 ** -24
+        np.testing.assert_allclose(images[i].numpy(), ref, atol=atol, rtol=0)
+        acts |= set(pop["act"][i][pop["alive"][i]].tolist())
+    assert acts == {0, 1, 2, 3}
+    if weight_range != 10.0:
+        assert beyond > 0                                             # the library sin's path too
+    part = enc.render({k: v[[5, 2]] for k, v in pop.items()}, shape=(40, 30), method="compiled-float32")
+    assert torch.equal(part, images[[5, 2]])
+    start = enc.random(4, gen(1))
+    outputs = slice(N_INPUTS, N_INPUTS + channels)
+    start["act"][:, outputs] = torch.arange(4)[:, None]               # one genome per activation
+    start["weight"][:, outputs, 0] = float("nan")
+    assert bool(start["conn"][:, outputs, 0].all())
+    assert enc.render(start, shape=(40, 30), method="compiled-float32").isnan().all()
+    cyclic = enc.random(1, gen(2))
+    h = N_INPUTS + 1
+    cyclic["alive"][0, h] = True
+    cyclic["conn"][0, N_INPUTS, h] = cyclic["conn"][0, h, h] = True
+    cyclic["weight"][0, N_INPUTS, h] = cyclic["weight"][0, h, h] = 1.0
+    with pytest.raises(ValueError, match="genome 0 has a cycle"):
+        enc.render(cyclic, method="compiled-float32")
+
+
 @pytest.mark.parametrize("channels,rounds", [(1, 15), (3, 40)])
 def test_cppn_compiled_plan_equals_the_tensor_plan(channels, rounds):
     """The CPU's compiled plan is the tensor plan index for index (so images are the same bits)."""
@@ -420,23 +499,27 @@ def test_cppn_compiled_plan_equals_the_tensor_plan(channels, rounds):
 
 
 def test_cppn_render_method_is_chosen_by_size_and_checked():
-    """On the CPU, float32 genomes up to 96×96 are drawn by the compiled renderer and larger ones
-    genome by genome with numpy, each genome's image then its own whatever else is in the batch
-    (bit for bit); float64 ones below 40×40 by the batched renderer; a bad method is named."""
+    """On the CPU, float32 genomes up to 96×96 are drawn by the compiled renderer in float64 and
+    larger ones by the compiled renderer in float32, each genome's image then its own whatever else
+    is in the batch (bit for bit); float64 ones below 40×40 by the batched renderer, from 40×40
+    genome by genome; a bad method is named."""
     from course.evolution import cppn
 
     enc, pop = evolved_cppns(3, n=8, dtype=torch.float32)
     assert torch.equal(enc.render(pop), enc.render(pop, method="compiled"))
     assert torch.equal(enc.render(pop, shape=(96, 96)), enc.render(pop, shape=(96, 96), method="compiled"))
-    assert torch.equal(enc.render(pop, shape=(97, 96)), enc.render(pop, shape=(97, 96), method="per-genome"))
+    assert torch.equal(enc.render(pop, shape=(97, 96)), enc.render(pop, shape=(97, 96), method="compiled-float32"))
     pop64 = {k: (v.double() if v.is_floating_point() else v) for k, v in pop.items()}
     assert torch.equal(enc.render(pop64), enc.render(pop64, method="batched"))
-    with pytest.raises(ValueError, match="float32 genomes on the CPU"):
-        enc.render(pop64, method="compiled")
+    assert torch.equal(enc.render(pop64, shape=(40, 40)), enc.render(pop64, shape=(40, 40), method="per-genome"))
+    for method in ("compiled", "compiled-float32"):
+        with pytest.raises(ValueError, match="float32 genomes on the CPU"):
+            enc.render(pop64, method=method)
     side = int(math.isqrt(cppn.COMPILED_PIXELS)) + 1
     big = enc.render(pop, shape=(side, side))
-    assert torch.equal(big, enc.render(pop, shape=(side, side), method="per-genome"))
-    assert torch.allclose(big, enc.render(pop, shape=(side, side), method="batched"), atol=1e-4)
+    assert torch.equal(big, enc.render(pop, shape=(side, side), method="compiled-float32"))
+    for method in ("per-genome", "batched"):
+        assert torch.allclose(big, enc.render(pop, shape=(side, side), method=method), atol=1e-4)
     part = enc.render({k: v[[5, 2]] for k, v in pop.items()}, shape=(side, side))
     assert torch.equal(part, big[[5, 2]])
     with pytest.raises(ValueError, match="per-genome"):
