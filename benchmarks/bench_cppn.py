@@ -1,7 +1,9 @@
 """Render 1,000 CPPN genomes: our renderer vs neat-python pixel by pixel, vs the same genomes rendered
 one at a time with numpy over all pixels, and vs the pixel-math floor. "Ours" is what
 ``CPPNEncoding.render`` picks by default (``ours_method``): on the CPU in float32 the compiled
-renderer at 28×28 and the per-genome numpy one at 224×224; the batched tensor one on a GPU.
+renderer, in float64 at 28×28 and in float32 at 224×224; the batched tensor one on a GPU. The
+per-genome numpy renderer (the CPU default at 224×224 before session 18) is timed beside it
+(``per_genome_s``).
 
 The genomes: 1,000 seeded :class:`CPPNEncoding` genomes after ``--mutations`` (40) rounds of
 mutation: 12.3 hidden neurons each on average, 4.1 of them feeding the output (the only ones any
@@ -27,17 +29,20 @@ the per-round ratios.
   with at least one connection: one without is a constant) input term (x, y, d, bias) as
   one ``mm`` (nodes, 4) @ (4, pixels), rows grouped by activation; (2) one multiply-add per
   hidden-to-node connection per pixel, a single ``addcmul_`` over (connections, pixels); (3) each
-  activation once, in place, on its contiguous block of rows (the renderer's own functions);
-  (4) ``abs_().clamp_(max=1)`` on the output rows. Dependencies between nodes are ignored, so no
-  renderer can do this arithmetic in fewer or bigger ops. Blocks hold at most ``max_floats`` (2^24,
-  the renderer's own budget), 2^20 or 2^18 (1 MiB: a genome or two at 224×224, in the L2 cache)
-  floats per array. The same with *sparse* input terms: step (1) dropped and one multiply-add per
-  input connection per pixel added to step (2)'s ``addcmul_`` (cheaper where nodes have one or two
-  inputs). The fastest of these six arrangements is the floor (``floor_s``; each arrangement's best
-  is ``floor_dense_inputs_s``, ``floor_sparse_inputs_s``). Writing the returned images into fresh
-  memory is not in it. Beneath it, ``activations_only_s``: step (3) alone on cache-sized blocks,
-  every computed node's activation on every pixel, which no renderer with these activation
-  functions can avoid (``ours_over_activations_only``).
+  activation once, in place, on its contiguous block of rows (the float32 renderer's own compiled
+  functions, or numpy's and torch's); (4) ``abs_().clamp_(max=1)`` on the output rows.
+  Dependencies between nodes are ignored, so no renderer can do this arithmetic in fewer or bigger
+  ops. Blocks hold at most ``max_floats`` (2^24, the renderer's own budget), 2^20 or 2^18 (1 MiB: a
+  genome or two at 224×224, in the L2 cache) floats per array. The same with *sparse* input terms:
+  step (1) dropped and one multiply-add per input connection per pixel added to step (2)'s
+  ``addcmul_`` (cheaper where nodes have one or two inputs). The fastest of these twelve
+  arrangements is the floor (``floor_s``; the best with dense and with sparse input terms:
+  ``floor_dense_inputs_s``, ``floor_sparse_inputs_s``; the best with numpy's and torch's
+  activations, the floor of sessions 16–17: ``floor_library_activations_s``). Writing the returned
+  images into fresh memory is not in it. Beneath it, ``activations_only_s``: step (3) alone on
+  cache-sized blocks, every computed node's activation on every pixel, with the faster of the two
+  sets of functions, which no renderer with these activation functions can avoid
+  (``ours_over_activations_only``).
 
 Allocator: glibc's malloc is told to keep freed memory (``course.memory.keep_freed_memory``, what
 ``course run`` sets for every lesson), for all renderers alike; ``--default-malloc`` leaves it as
@@ -69,6 +74,7 @@ import numpy as np
 import torch
 
 from course import memory
+from course.evolution import cppn_cpu32
 from course.evolution.cppn import (CPU_ACTIVATIONS_INPLACE, N_INPUTS, NP_ACTIVATIONS_INPLACE, CPPNEncoding,
                                    coordinates, render_method)
 
@@ -219,9 +225,11 @@ class Floor:
        preallocated (T_b, pixels) buffer whose rows are grouped by activation;
     2. every hidden connection's term: one multiply-add per connection per pixel, a single
        ``addcmul_`` on preallocated (E_b, pixels) arrays;
-    3. the activations: one in-place call per activation type on its contiguous block of rows
-       (the per-genome renderer's own, the fastest at hand on a CPU: numpy's SIMD loops, torch's
-       sigmoid);
+    3. the activations: one in-place call per activation type on its contiguous block of rows,
+       with ``acts="compiled"`` the float32 renderer's own (``cppn_cpu32.activate``: vectorised
+       series over cache-sized tiles), with ``acts="library"`` numpy's SIMD loops and torch's
+       sigmoid and clamp (``CPU_ACTIVATIONS_INPLACE``, the per-genome renderer's); the floor is
+       the fastest arrangement of either;
     4. the outputs: ``abs_().clamp_(max=1)`` on their (genomes × channels, pixels) rows.
 
     ``mode="sparse"`` replaces step 1 by one multiply-add per *input* connection too (in step 2's
@@ -236,11 +244,15 @@ class Floor:
     fewer or bigger ops. Real weights and coordinates are used, so the activations see values of
     the genomes' own range."""
 
-    def __init__(self, genomes: list, plans: list, H: int, W: int, block_floats: int, mode: str = "dense"):
+    def __init__(self, genomes: list, plans: list, H: int, W: int, block_floats: int, mode: str = "dense",
+                 acts: str = "compiled"):
         self.mode = mode  # "dense" (step 1 as above), "sparse" (see run) or "activations" (step 3 alone)
-        # The fastest activations at hand on a CPU, in place: the per-genome renderer's own
-        # (numpy's sin, exp and clip, torch's sigmoid; see CPU_ACTIVATIONS_INPLACE).
-        self.acts = [lambda t, f=f: f(t.numpy()) for f in CPU_ACTIVATIONS_INPLACE]
+        # The fastest activations at hand on a CPU, in place: the float32 renderer's own, compiled,
+        # or numpy's sin, exp and clip with torch's sigmoid (CPU_ACTIVATIONS_INPLACE).
+        if acts == "compiled":
+            self.acts = [lambda t, a=a: cppn_cpu32.activate(a, t.numpy()) for a in range(len(CPU_ACTIVATIONS_INPLACE))]
+        else:
+            self.acts = [lambda t, f=f: f(t.numpy()) for f in CPU_ACTIVATIONS_INPLACE]
         HW = H * W
         self.inputs = coordinates(H, W, dtype=torch.float32)
         self.blocks, i = [], 0
@@ -310,11 +322,11 @@ def _clock(cuda: bool) -> float:
     return time.process_time()
 
 
-def time_ours(enc: CPPNEncoding, pop: dict, hw) -> float:
+def time_ours(enc: CPPNEncoding, pop: dict, hw, method=None) -> float:
     """Seconds to render the whole population at ``hw`` (planning included)."""
     cuda = pop["weight"].is_cuda
     t = _clock(cuda)
-    enc.render(pop, hw)
+    enc.render(pop, hw, method=method)
     return _clock(cuda) - t
 
 
@@ -369,20 +381,26 @@ def main(argv=None):
         truth = enc64.render(pop64, (H, H)).numpy()
         inputs = numpy_inputs(H, H)
         blocks = sorted({enc.max_floats, 1 << 20, 1 << 18})
-        floors = {mode: [Floor(genomes, plans, H, H, b, mode) for b in blocks] for mode in ("dense", "sparse")}
-        act_floor = Floor(genomes, plans, H, H, 1 << 18, "activations")
+        floors = {(mode, acts): [Floor(genomes, plans, H, H, b, mode, acts) for b in blocks]
+                  for mode in ("dense", "sparse") for acts in ("compiled", "library")}
+        act_floors = [Floor(genomes, plans, H, H, 1 << 18, "activations", acts) for acts in ("compiled", "library")]
+        per_genome = render_method(pop["weight"], H * H) != "per-genome" and pop["weight"].device.type == "cpu"
         idx = subset[:n_neat].tolist()
         ours_t, np_t, np_eval_t, floor_t, neat_t, neat_err = [], [], [], [], [], 0.0
-        dense_t, sparse_t, act_t = [], [], []
+        dense_t, sparse_t, library_t, act_t, pg_t = [], [], [], [], []
         for _ in range(args.rounds):        # all of them, round after round (the machine may be shared)
             ours_t.append(time_ours(enc, pop, (H, H)))
+            if per_genome:
+                pg_t.append(time_ours(enc, pop, (H, H), method="per-genome"))
             t, np_imgs = time_numpy(genomes, inputs)
             np_t.append(t)
             np_eval_t.append(time_numpy(genomes, inputs, plans)[0])
-            dense_t.append(min(f.seconds() for f in floors["dense"]))
-            sparse_t.append(min(f.seconds() for f in floors["sparse"]))
+            times = {key: min(f.seconds() for f in fl) for key, fl in floors.items()}
+            dense_t.append(min(t for (mode, _), t in times.items() if mode == "dense"))
+            sparse_t.append(min(t for (mode, _), t in times.items() if mode == "sparse"))
+            library_t.append(min(t for (_, acts), t in times.items() if acts == "library"))
             floor_t.append(min(dense_t[-1], sparse_t[-1]))
-            act_t.append(act_floor.seconds())
+            act_t.append(min(f.seconds() for f in act_floors))
             if n_neat:
                 per, e = time_neat(cpu_pop, idx, H, H, ours_img)
                 neat_t.append(per * args.genomes)
@@ -399,6 +417,7 @@ def main(argv=None):
              "floor_s": round(statistics.median(floor_t), 4),
              "floor_dense_inputs_s": round(statistics.median(dense_t), 4),
              "floor_sparse_inputs_s": round(statistics.median(sparse_t), 4),
+             "floor_library_activations_s": round(statistics.median(library_t), 4),
              "activations_only_s": round(statistics.median(act_t), 4),
              "ours_over_activations_only": ratio(ours_t, act_t),
              "speedup_vs_numpy": ratio(np_t, ours_t), "speedup_vs_numpy_eval_only": ratio(np_eval_t, ours_t),
@@ -407,6 +426,8 @@ def main(argv=None):
              "max_abs_diff_numpy_vs_ours": float(np.abs(np_img - ours_np).max()),
              "max_abs_err_ours_vs_float64": float(np.abs(ours_np - truth).max()),
              "max_abs_err_numpy_vs_float64": float(np.abs(np_img - truth).max())}
+        if per_genome:
+            r.update({"per_genome_s": round(statistics.median(pg_t), 4), "ours_over_per_genome": ratio(ours_t, pg_t)})
         if n_neat:
             r.update({"neat_genomes_timed": n_neat,
                       "neat_ms_per_genome": round(1e3 * statistics.median(neat_t) / args.genomes, 2),
@@ -427,11 +448,15 @@ def main(argv=None):
                   f"({r['speedup_vs_numpy_eval_only']:.2f}× with its plans precomputed); "
                   f"pixel-math floor {r['floor_s']:.3f} s → ours/floor {r['ours_over_floor']:.2f}× "
                   f"(numpy/floor {r['numpy_over_floor']:.2f}×; dense inputs {r['floor_dense_inputs_s']:.3f} s, "
-                  f"sparse {r['floor_sparse_inputs_s']:.3f} s); the activations alone "
+                  f"sparse {r['floor_sparse_inputs_s']:.3f} s, with numpy's and torch's activations "
+                  f"{r['floor_library_activations_s']:.3f} s); the activations alone "
                   f"{r['activations_only_s']:.3f} s → ours {r['ours_over_activations_only']:.2f}× that")
             print(f"    numpy allclose ours (atol 1e-3): {r['numpy_allclose_ours']}, max |numpy − ours| "
                   f"{r['max_abs_diff_numpy_vs_ours']:.1e}; max error vs float64: ours "
                   f"{r['max_abs_err_ours_vs_float64']:.1e}, numpy {r['max_abs_err_numpy_vs_float64']:.1e}")
+            if "per_genome_s" in r:
+                print(f"    the per-genome numpy renderer {r['per_genome_s']:.3f} s → ours "
+                      f"{r['ours_over_per_genome']:.2f}× its time")
             if "speedup" in r:
                 print(f"    neat-python per pixel {r['neat_ms_per_genome']:.1f} ms/genome over "
                       f"{r['neat_genomes_timed']} genomes (→ {r['neat_total_s_extrapolated']:.0f} s for "

@@ -5,7 +5,9 @@ The same plan and loops as :mod:`.cppn_cpu` (each genome drawn node by node over
 in one compiled call for the whole population), with the node values in float32: a SIMD register
 holds twice as many of them, and the activations need shorter series. Each node is its own
 connections only (a multiply, then a multiply-add per further source), then its activation, all
-on a tile that stays in the cache.
+on a tile that stays in the cache. The loop runs over tiles, then genomes (every plan is made
+first), so a tile's inputs are copied once, not once per genome: at 224×224 those copies had cost
+as much as the multiply-adds.
 
 The activations, written as arithmetic the compiler vectorises (numpy's float32 sin and exp are
 SIMD loops too, but one call per node over a whole image pays a pass through memory each time):
@@ -141,60 +143,62 @@ def _activate(a, v, e, bits, scale, t):  # pragma: no cover - numba
 
 def _render(weight, conn, act, n_nodes, inputs, out):  # pragma: no cover - numba
     """As :func:`.cppn_cpu._render`, in float32: ``inputs`` (4, HW) float32; writes min(|output|, 1)
-    into ``out`` (P, C, HW) float32. Returns −1, or the first genome with a cycle (not drawn)."""
+    into ``out`` (P, C, HW) float32. Returns −1, or the first genome with a cycle (nothing drawn).
+
+    First every genome's plan (its nodes in order, each with its sources, weights and activation),
+    then tile by tile every genome: the tile's inputs are copied once for the whole population."""
     P = weight.shape[0]
     C, HW = out.shape[1], inputs.shape[1]
+    state = np.empty(n_nodes, np.int8)
+    stack = np.empty(n_nodes, np.int64)
+    next_src = np.empty(n_nodes, np.int64)
+    order = np.empty((P, n_nodes), np.int64)
+    n = np.empty(P, np.int64)
+    n_src = np.empty((P, n_nodes), np.int64)         # per genome and node in order: its sources,
+    src = np.empty((P, n_nodes, n_nodes), np.int32)  # their weights and the node's activation
+    w = np.empty((P, n_nodes, n_nodes), np.float32)
+    kind = np.empty((P, n_nodes), np.int64)
+    for p in range(P):
+        n[p] = cppn_cpu._order(conn, p, n_nodes, C, state, stack, next_src, order[p])
+        if n[p] < 0:
+            return p
+        for j in range(n[p]):
+            k = order[p, j]
+            m = 0
+            reach = 0.0
+            for s in range(n_nodes):
+                if conn[p, k, s]:
+                    src[p, j, m], w[p, j, m] = s, weight[p, k, s]
+                    reach += abs(np.float64(weight[p, k, s])) * (cppn_cpu._INPUT_BOUND if s < N_INPUTS else 1.0)
+                    m += 1
+            n_src[p, j] = m
+            a = act[p, k]
+            kind[p, j] = 4 if (a == 0 and not reach <= SIN_LIMIT) else a  # NaN: the library sin
     T = min(TILE, HW)
     V = np.empty((n_nodes, T), np.float32)           # node values by slot, on one tile of pixels
     e = np.empty(T, np.float32)
     bits = np.empty(T, np.int32)
     scale = bits.view(np.float32)
-    state = np.empty(n_nodes, np.int8)
-    stack = np.empty(n_nodes, np.int64)
-    next_src = np.empty(n_nodes, np.int64)
-    order = np.empty(n_nodes, np.int64)
-    n_src = np.empty(n_nodes, np.int64)              # per node in order: its sources and weights
-    src = np.empty((n_nodes, n_nodes), np.int64)
-    w = np.empty((n_nodes, n_nodes), np.float32)
-    kind = np.empty(n_nodes, np.int64)
-    filled = -1                                      # the tile whose inputs V holds
-    for p in range(P):
-        n = cppn_cpu._order(conn, p, n_nodes, C, state, stack, next_src, order)
-        if n < 0:
-            return p
-        for j in range(n):
-            k = order[j]
-            m = 0
-            reach = 0.0
-            for s in range(n_nodes):
-                if conn[p, k, s]:
-                    src[j, m], w[j, m] = s, weight[p, k, s]
-                    reach += abs(np.float64(weight[p, k, s])) * (cppn_cpu._INPUT_BOUND if s < N_INPUTS else 1.0)
-                    m += 1
-            n_src[j] = m
-            a = act[p, k]
-            kind[j] = 4 if (a == 0 and not reach <= SIN_LIMIT) else a     # NaN: the library sin
-        for start in range(0, HW, TILE):
-            t = min(TILE, HW - start)
-            if filled != start:
-                for s in range(N_INPUTS):
-                    for i in range(t):
-                        V[s, i] = inputs[s, start + i]
-                filled = start
-            for j in range(n):
-                v = V[order[j]]
-                if n_src[j] == 0:                    # no connection: activation(0)
+    for start in range(0, HW, TILE):
+        t = min(TILE, HW - start)
+        for s in range(N_INPUTS):
+            for i in range(t):
+                V[s, i] = inputs[s, start + i]
+        for p in range(P):
+            for j in range(n[p]):
+                v = V[order[p, j]]
+                if n_src[p, j] == 0:                 # no connection: activation(0)
                     for i in range(t):
                         v[i] = _ZERO
                 else:
-                    wj, u = w[j, 0], V[src[j, 0]]
+                    wj, u = w[p, j, 0], V[src[p, j, 0]]
                     for i in range(t):
                         v[i] = wj * u[i]
-                    for q in range(1, n_src[j]):
-                        wj, u = w[j, q], V[src[j, q]]
+                    for q in range(1, n_src[p, j]):
+                        wj, u = w[p, j, q], V[src[p, j, q]]
                         for i in range(t):
                             v[i] += wj * u[i]
-                _activate(kind[j], v, e, bits, scale, t)
+                _activate(kind[p, j], v, e, bits, scale, t)
             for c in range(C):
                 u = V[N_INPUTS + c]
                 o = out[p, c]
