@@ -74,7 +74,7 @@ import numpy as np
 import torch
 
 from course import memory
-from course.evolution import cppn_cpu32
+from course.evolution import cppn_float32
 from course.evolution.cppn import (CPU_ACTIVATIONS_INPLACE, N_INPUTS, NP_ACTIVATIONS_INPLACE, CPPNEncoding,
                                    coordinates, render_method)
 
@@ -226,7 +226,7 @@ class Floor:
     2. every hidden connection's term: one multiply-add per connection per pixel, a single
        ``addcmul_`` on preallocated (E_b, pixels) arrays;
     3. the activations: one in-place call per activation type on its contiguous block of rows,
-       with ``acts="compiled"`` the float32 renderer's own (``cppn_cpu32.activate``: vectorised
+       with ``acts="compiled"`` the float32 renderer's own (``cppn_float32.activate``: vectorised
        series over cache-sized tiles), with ``acts="library"`` numpy's SIMD loops and torch's
        sigmoid and clamp (``CPU_ACTIVATIONS_INPLACE``, the per-genome renderer's); the floor is
        the fastest arrangement of either;
@@ -250,7 +250,7 @@ class Floor:
         # The fastest activations at hand on a CPU, in place: the float32 renderer's own, compiled,
         # or numpy's sin, exp and clip with torch's sigmoid (CPU_ACTIVATIONS_INPLACE).
         if acts == "compiled":
-            self.acts = [lambda t, a=a: cppn_cpu32.activate(a, t.numpy()) for a in range(len(CPU_ACTIVATIONS_INPLACE))]
+            self.acts = [lambda t, a=a: cppn_float32.activate(a, t.numpy()) for a in range(len(CPU_ACTIVATIONS_INPLACE))]
         else:
             self.acts = [lambda t, f=f: f(t.numpy()) for f in CPU_ACTIVATIONS_INPLACE]
         HW = H * W

@@ -408,11 +408,11 @@ def test_cppn_float32_activations_are_the_float64_functions_to_float32_accuracy(
     sin up to its limit (and at the quadrant edges), the sigmoid and the Gaussian through the whole
     range of their exponent, each within a float32 step or two of 1; NaN stays NaN, ±inf goes to the
     limits; bad arrays are named."""
-    from course.evolution import cppn_cpu32
+    from course.evolution import cppn_float32
 
     rng = np.random.default_rng(0)
     edges = (np.arange(-40, 41) * (np.pi / 4)).astype(np.float32)
-    cases = {0: np.concatenate([rng.uniform(-4, 4, 20000), rng.uniform(-cppn_cpu32.SIN_LIMIT, cppn_cpu32.SIN_LIMIT, 20000),
+    cases = {0: np.concatenate([rng.uniform(-4, 4, 20000), rng.uniform(-cppn_float32.SIN_LIMIT, cppn_float32.SIN_LIMIT, 20000),
                                 edges, np.nextafter(edges, np.float32(np.inf)), [0.0]]),
              1: np.concatenate([rng.uniform(-30, 30, 20000), rng.uniform(-1e-3, 1e-3, 2000), [0.0, 20.0, -25.0]]),
              2: np.concatenate([rng.uniform(-12, 12, 20000), rng.uniform(9.2, 9.4, 2000), [0.0, -9.3, 1e3]]),
@@ -420,18 +420,18 @@ def test_cppn_float32_activations_are_the_float64_functions_to_float32_accuracy(
     f64 = {0: np.sin, 1: lambda z: np.tanh(z / 2), 2: lambda z: np.exp(-z * z), 3: lambda z: np.clip(z, -3, 3) / 3}
     for a, x in cases.items():
         x = x.astype(np.float32)
-        got = cppn_cpu32.activate(a, x.copy())
+        got = cppn_float32.activate(a, x.copy())
         np.testing.assert_allclose(got, f64[a](x.astype(np.float64)), atol=1.2e-7, rtol=0, err_msg=f"activation {a}")
-        special = cppn_cpu32.activate(a, np.array([np.nan, np.inf, -np.inf] if a else [np.nan], np.float32))
+        special = cppn_float32.activate(a, np.array([np.nan, np.inf, -np.inf] if a else [np.nan], np.float32))
         assert np.isnan(special[0])
         if a:
             np.testing.assert_array_equal(special[1:], [1.0, -1.0] if a != 2 else [0.0, 0.0])
     with pytest.raises(ValueError, match="C-contiguous float32"):
-        cppn_cpu32.activate(0, np.zeros(8))
+        cppn_float32.activate(0, np.zeros(8))
     with pytest.raises(ValueError, match="C-contiguous float32"):
-        cppn_cpu32.activate(0, np.zeros((4, 4), np.float32)[:, 0])
+        cppn_float32.activate(0, np.zeros((4, 4), np.float32)[:, 0])
     with pytest.raises(ValueError, match="activation must be"):
-        cppn_cpu32.activate(4, np.zeros(8, np.float32))
+        cppn_float32.activate(4, np.zeros(8, np.float32))
 
 
 @pytest.mark.parametrize("channels", [1, 3])

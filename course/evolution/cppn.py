@@ -35,8 +35,8 @@ slots, alive or free):
 Mutation works on the whole population at once: no Python loop over genomes. On the CPU, float32
 genomes are drawn by a compiled renderer: per genome, a depth-first order of the nodes the outputs
 need, then each node's own connections and its activation over a tile of pixels, in float64 up to
-96×96 (:mod:`.cppn_cpu`, exact to one rounding; MNIST's 28×28) and in float32 above
-(:mod:`.cppn_cpu32`, ImageNet's 224×224). Elsewhere the renderer plans
+96×96 (exact to one rounding; MNIST's 28×28) and in float32 above (ImageNet's 224×224), both
+by :mod:`.cppn_cpu`. Elsewhere the renderer plans
 for the whole population: drop the nodes no output depends on, sort each genome's nodes by depth
 (longest path from an input: a topological order), and sort the genomes by size, largest first.
 The inputs' contribution to every node of every genome is one matmul with the shared (4, pixels)
@@ -65,7 +65,7 @@ import math
 import numpy as np
 import torch
 
-from . import cppn_cpu, cppn_cpu32, cppn_plan
+from . import cppn_cpu, cppn_plan
 from .direct import polynomial_mutation
 
 N_INPUTS = 4  # x, y, d, bias
@@ -350,8 +350,8 @@ class CPPNEncoding:
         ``COMPILED_PIXELS``): one compiled call plans and draws each genome, node by node over tiles
         of pixels, in float64 (:mod:`.cppn_cpu`); the image is the exact CPPN of the weights up to
         one float32 rounding. ``method="compiled-float32"`` (the CPU default for float32 genomes
-        above): the same in float32 (:mod:`.cppn_cpu32`), tile by tile for the whole population,
-        2.3–3x as fast, as accurate as the other float32 renderers.
+        above): the same in float32 (:mod:`.cppn_float32`'s activations), 2.3–3x as fast, as
+        accurate as the other float32 renderers.
 
         The other two plan for the whole population at once: keep only the nodes some output
         depends on, sort each genome's nodes by depth (a topological order), and sort the genomes
@@ -385,8 +385,8 @@ class CPPNEncoding:
         # Hidden slots fill from the front: slots after the last one alive anywhere are empty.
         N = int(genomes["alive"].any(dim=0).nonzero().max()) + 1
         if method in ("compiled", "compiled-float32"):     # plans and draws in one compiled call
-            compiled, dtype = (cppn_cpu, torch.float64) if method == "compiled" else (cppn_cpu32, torch.float32)
-            compiled.render(genomes["weight"].numpy(), genomes["conn"].numpy(), genomes["act"].numpy(), N,
+            dtype = torch.float64 if method == "compiled" else torch.float32    # the precision drawn in
+            cppn_cpu.render(genomes["weight"].numpy(), genomes["conn"].numpy(), genomes["act"].numpy(), N,
                             coordinates(H, W, dtype=dtype).numpy(), out.view(P, self.n_outputs, H * W).numpy())
             return out
         conn, alive, weight = genomes["conn"][:, :N, :N], genomes["alive"][:, :N], genomes["weight"][:, :N, :N]
@@ -540,7 +540,7 @@ def _per_genome_ok(weight: torch.Tensor) -> bool:
 
 def _compiled_ok(weight: torch.Tensor) -> bool:
     return (weight.device.type == "cpu" and weight.dtype == torch.float32 and not weight.requires_grad
-            and cppn_cpu.available() and cppn_cpu32.available())
+            and cppn_cpu.available())
 
 
 def render_method(weight: torch.Tensor, pixels: int) -> str:

@@ -1,16 +1,10 @@
-"""The compiled CPU renderer in float32: the CPU's default for float32 genomes above 96×96 pixels
-(ImageNet's 224×224).
+"""The compiled CPU renderer's activations in float32 (:mod:`.cppn_cpu` draws float32 genomes
+above 96×96 pixels, ImageNet's 224×224, with node values in float32: a SIMD register holds twice
+as many of them as in float64, and the activations need shorter series).
 
-The same plan and loops as :mod:`.cppn_cpu` (each genome drawn node by node over tiles of pixels,
-in one compiled call for the whole population), with the node values in float32: a SIMD register
-holds twice as many of them, and the activations need shorter series. Each node is its own
-connections only (a multiply, then a multiply-add per further source), then its activation, all
-on a tile that stays in the cache. The loop runs over tiles, then genomes (every plan is made
-first), so a tile's inputs are copied once, not once per genome: at 224×224 those copies had cost
-as much as the multiply-adds.
-
-The activations, written as arithmetic the compiler vectorises (numpy's float32 sin and exp are
-SIMD loops too, but one call per node over a whole image pays a pass through memory each time):
+Each is written as arithmetic the compiler vectorises, in place on a tile of pixels (numpy's
+float32 sin and exp are SIMD loops too, but one call per node over a whole image pays a pass
+through memory each time):
 
 - ``sin``: ``x = k·π/2 + r`` with π/2 split in three float32 parts (``_P1`` has 8 bits, ``_P2``
   12, so ``k·_P1`` is exact and ``k·_P2`` nearly so, and the multiply-adds fuse), ``r`` within
@@ -26,10 +20,10 @@ SIMD loops too, but one call per node over a whole image pays a pass through mem
   (where the quotient is 1 in float32).
 - ``clip(x, −3, 3) / 3``.
 
-Each is within 1e-7 of the float64 function on float32 inputs (the tests hold them to it), as
+Each is within 1.2e-7 of the float64 function on float32 inputs (the tests hold them to it), as
 accurate as numpy's float32 loops. Every comparison is written so that a NaN falls through it, so
-a NaN pre-activation gives a NaN pixel, as in the other renderers. The pixel is ``min(|output|,
-1)``. A genome's image never depends on where it sits in the batch.
+a NaN pre-activation gives a NaN pixel, as in the other renderers. :func:`activate` applies one to
+an array (the benchmark's pixel-math floor uses it).
 """
 from __future__ import annotations
 
@@ -37,15 +31,12 @@ import math
 
 import numpy as np
 
-from . import cppn_cpu
-
 try:
     from numba import njit
-except ImportError:  # pragma: no cover - numba is a dependency; the other renderers still work
+except ImportError:  # pragma: no cover - numba is a dependency; the tensor renderers still work
     njit = None
 
-N_INPUTS = cppn_cpu.N_INPUTS
-TILE = 1024              # pixels per tile: a tile's node values (nodes × TILE float32) stay in the cache
+TILE = 1024              # pixels per tile in :func:`activate`, as in the renderer
 SIN_LIMIT = 8192.0       # |pre-activation| up to which the reduction above is accurate (|k| < 2¹³)
 
 _f = np.float32
@@ -141,73 +132,6 @@ def _activate(a, v, e, bits, scale, t):  # pragma: no cover - numba
         _sin_library_tile(v, t)
 
 
-def _render(weight, conn, act, n_nodes, inputs, out):  # pragma: no cover - numba
-    """As :func:`.cppn_cpu._render`, in float32: ``inputs`` (4, HW) float32; writes min(|output|, 1)
-    into ``out`` (P, C, HW) float32. Returns −1, or the first genome with a cycle (nothing drawn).
-
-    First every genome's plan (its nodes in order, each with its sources, weights and activation),
-    then tile by tile every genome: the tile's inputs are copied once for the whole population."""
-    P = weight.shape[0]
-    C, HW = out.shape[1], inputs.shape[1]
-    state = np.empty(n_nodes, np.int8)
-    stack = np.empty(n_nodes, np.int64)
-    next_src = np.empty(n_nodes, np.int64)
-    order = np.empty((P, n_nodes), np.int64)
-    n = np.empty(P, np.int64)
-    n_src = np.empty((P, n_nodes), np.int64)         # per genome and node in order: its sources,
-    src = np.empty((P, n_nodes, n_nodes), np.int32)  # their weights and the node's activation
-    w = np.empty((P, n_nodes, n_nodes), np.float32)
-    kind = np.empty((P, n_nodes), np.int64)
-    for p in range(P):
-        n[p] = cppn_cpu._order(conn, p, n_nodes, C, state, stack, next_src, order[p])
-        if n[p] < 0:
-            return p
-        for j in range(n[p]):
-            k = order[p, j]
-            m = 0
-            reach = 0.0
-            for s in range(n_nodes):
-                if conn[p, k, s]:
-                    src[p, j, m], w[p, j, m] = s, weight[p, k, s]
-                    reach += abs(np.float64(weight[p, k, s])) * (cppn_cpu._INPUT_BOUND if s < N_INPUTS else 1.0)
-                    m += 1
-            n_src[p, j] = m
-            a = act[p, k]
-            kind[p, j] = 4 if (a == 0 and not reach <= SIN_LIMIT) else a  # NaN: the library sin
-    T = min(TILE, HW)
-    V = np.empty((n_nodes, T), np.float32)           # node values by slot, on one tile of pixels
-    e = np.empty(T, np.float32)
-    bits = np.empty(T, np.int32)
-    scale = bits.view(np.float32)
-    for start in range(0, HW, TILE):
-        t = min(TILE, HW - start)
-        for s in range(N_INPUTS):
-            for i in range(t):
-                V[s, i] = inputs[s, start + i]
-        for p in range(P):
-            for j in range(n[p]):
-                v = V[order[p, j]]
-                if n_src[p, j] == 0:                 # no connection: activation(0)
-                    for i in range(t):
-                        v[i] = _ZERO
-                else:
-                    wj, u = w[p, j, 0], V[src[p, j, 0]]
-                    for i in range(t):
-                        v[i] = wj * u[i]
-                    for q in range(1, n_src[p, j]):
-                        wj, u = w[p, j, q], V[src[p, j, q]]
-                        for i in range(t):
-                            v[i] += wj * u[i]
-                _activate(kind[p, j], v, e, bits, scale, t)
-            for c in range(C):
-                u = V[N_INPUTS + c]
-                o = out[p, c]
-                for i in range(t):
-                    y = abs(u[i])
-                    o[start + i] = _ONE if y > _ONE else y   # NaN stays NaN
-    return -1
-
-
 def _apply(a, x):  # pragma: no cover - numba
     """Activation ``a`` (as in :func:`_activate`, 0–3) in place on a C-contiguous float32 array."""
     flat = x.reshape(-1)
@@ -225,24 +149,9 @@ if njit is not None:
     (_sin_tile, _sin_library_tile, _exp_tile, _gaussian_tile, _sigmoid_tile, _linear_tile, _activate) = (
         _jit(f) for f in (_sin_tile, _sin_library_tile, _exp_tile, _gaussian_tile, _sigmoid_tile, _linear_tile,
                           _activate))
-    _render_compiled, _apply_compiled = _jit(_render), _jit(_apply)
+    _apply_compiled = _jit(_apply)
 else:  # pragma: no cover
-    _render_compiled = _apply_compiled = None
-
-
-def available() -> bool:
-    return _render_compiled is not None
-
-
-def render(weight: np.ndarray, conn: np.ndarray, act: np.ndarray, n_nodes: int, inputs: np.ndarray,
-           out: np.ndarray) -> None:
-    """Draw every genome into ``out`` (P, C, HW) float32; the arguments as :func:`_render`'s."""
-    bad = _render_compiled(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(conn, np.bool_),
-                           np.ascontiguousarray(act, np.int64), int(n_nodes), np.ascontiguousarray(inputs, np.float32),
-                           out)
-    if bad >= 0:
-        raise ValueError(f"genome {bad} has a cycle in its connections: a CPPN must be feed-forward "
-                         "(the mutation operators keep it so; check how this genome was built).")
+    _apply_compiled = None
 
 
 def activate(a: int, x: np.ndarray) -> np.ndarray:
