@@ -426,6 +426,12 @@ def test_cppn_float32_activations_are_the_float64_functions_to_float32_accuracy(
         assert np.isnan(special[0])
         if a:
             np.testing.assert_array_equal(special[1:], [1.0, -1.0] if a != 2 else [0.0, 0.0])
+    from course.evolution import cppn_cpu                            # a node without connections
+    for a in range(4):                                                # is filled with activation(0)
+        v = np.zeros(8)
+        cppn_cpu._activate64(a, v, 8)
+        np.testing.assert_array_equal(v, cppn_cpu._AT_ZERO[a])
+        np.testing.assert_array_equal(cppn_float32.activate(a, np.zeros(8, np.float32)), cppn_cpu._AT_ZERO[a])
     with pytest.raises(ValueError, match="C-contiguous float32"):
         cppn_float32.activate(0, np.zeros(8))
     with pytest.raises(ValueError, match="C-contiguous float32"):

@@ -49,6 +49,10 @@ TILE = 1024           # pixels per tile: a tile's node values (nodes × TILE flo
 _SIN_LIMIT = 1.0e5    # |pre-activation| up to which the reduction above is accurate (far below 2²⁰·π/2)
 _INPUT_BOUND = math.sqrt(2.0)   # |x|, |y| ≤ 1, d ≤ √2, bias 1
 
+# Each activation at 0, by kind (sin, sigmoid 2(σ(0) − 0.5), Gaussian, linear, the library sin): the
+# value of a node without connections, exact in both precisions (the tests check it against both).
+_AT_ZERO = np.array([0.0, 0.0, 1.0, 0.0, 0.0])
+
 _PIO2_1 = 1.57079632673412561417e+00    # π/2's first 33 bits: k·_PIO2_1 is exact for |k| < 2²⁰
 _PIO2_1T = 6.07710050650619224932e-11   # π/2 − _PIO2_1
 _TWO_OVER_PI = 0.63661977236758134308
@@ -233,17 +237,18 @@ def _render(weight, conn, act, n_nodes, inputs, out, sin_limit):  # pragma: no c
         for p in range(P):
             for j in range(n[p]):
                 v = V[order[p, j]]
-                if n_src[p, j] == 0:                 # no connection: activation(0)
+                if n_src[p, j] == 0:                 # no connection: the constant activation(0)
+                    c0 = _AT_ZERO[kind[p, j]]
                     for i in range(t):
-                        v[i] = 0.0
-                else:                                # (float32 weights: exact in float64 too)
-                    wj, u = w[p, j, 0], V[src[p, j, 0]]
+                        v[i] = c0
+                    continue
+                wj, u = w[p, j, 0], V[src[p, j, 0]]  # (float32 weights: exact in float64 too)
+                for i in range(t):
+                    v[i] = wj * u[i]
+                for q in range(1, n_src[p, j]):
+                    wj, u = w[p, j, q], V[src[p, j, q]]
                     for i in range(t):
-                        v[i] = wj * u[i]
-                    for q in range(1, n_src[p, j]):
-                        wj, u = w[p, j, q], V[src[p, j, q]]
-                        for i in range(t):
-                            v[i] += wj * u[i]
+                        v[i] += wj * u[i]
                 _activate(kind[p, j], v, e, bits, scale, t)
             for c in range(C):
                 u = V[N_INPUTS + c]
