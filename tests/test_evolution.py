@@ -357,6 +357,17 @@ def test_cppn_float32_render_and_chunking_agree():
         assert torch.allclose(CPPNEncoding(max_hidden=10).render(pop32, method=method), full.float(), atol=1e-3)
 
 
+def compiled_test_genomes(channels, weight_range):
+    """Float32 genomes for the compiled renderers: evolved ones at the paper's weights (10), or
+    start genomes (inputs straight into the outputs, well conditioned) at large weights."""
+    if weight_range == 10.0:
+        enc, pop = evolved_cppns(channels, rounds=25, dtype=torch.float32)
+        assert int(enc.sizes(pop)[0].max()) >= 3
+        return enc, pop
+    enc = CPPNEncoding(shape=(channels, 28, 28), max_hidden=2, weight_range=weight_range)
+    return enc, enc.random(16, gen(4))
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("hw", [(28, 28), (9, 13), (40, 30)])          # 40×30: two tiles of pixels
 @pytest.mark.parametrize("weight_range", [10.0, 1e4, 1e5])
@@ -366,12 +377,7 @@ def test_cppn_compiled_renderer_is_the_exact_cppn_rounded_once(channels, hw, wei
     genomes at the paper's weights; start genomes (inputs straight into the outputs, so the
     comparison stays well conditioned) at large ones: sin's own reduction up to |x| ≈ 6e4, the
     library sin beyond 1e5."""
-    if weight_range == 10.0:
-        enc, pop = evolved_cppns(channels, rounds=25, dtype=torch.float32)
-        assert int(enc.sizes(pop)[0].max()) >= 3
-    else:
-        enc = CPPNEncoding(shape=(channels, 28, 28), max_hidden=2, weight_range=weight_range)
-        pop = enc.random(16, gen(4))
+    enc, pop = compiled_test_genomes(channels, weight_range)
     hidden, _ = enc.sizes(pop)
     images = enc.render(pop, shape=hw, method="compiled")
     assert images.dtype == torch.float32 and images.shape == (len(hidden), channels, *hw)
@@ -383,24 +389,26 @@ def test_cppn_compiled_renderer_is_the_exact_cppn_rounded_once(channels, hw, wei
     assert acts == {0, 1, 2, 3}                                       # every activation drawn
 
 
-def test_cppn_compiled_renderer_edge_cases():
-    """A genome's image is its own wherever it sits in the batch (bit for bit); a NaN weight gives
-    NaN pixels through every activation, as the other renderers do; a cycle is named."""
+@pytest.mark.parametrize("method", ["compiled", "compiled-float32"])
+def test_cppn_compiled_renderer_edge_cases(method):
+    """In both precisions (over two tiles of pixels, 40×30), a genome's image is its own wherever it
+    sits in the batch (bit for bit); a NaN weight gives NaN pixels through every activation, as
+    the other renderers do; a cycle is named."""
     enc, pop = evolved_cppns(1, n=8, dtype=torch.float32)
-    full = enc.render(pop, method="compiled")
-    assert torch.equal(enc.render({k: v[[5, 2]] for k, v in pop.items()}, method="compiled"), full[[5, 2]])
+    full = enc.render(pop, shape=(40, 30), method=method)
+    assert torch.equal(enc.render({k: v[[5, 2]] for k, v in pop.items()}, shape=(40, 30), method=method), full[[5, 2]])
     start = enc.random(4, gen(1))                                     # inputs wired straight to the output
     start["act"][:, N_INPUTS] = torch.arange(4)                       # one genome per activation
     start["weight"][:, N_INPUTS, 0] = float("nan")
-    for method in ("compiled", "batched"):
-        assert enc.render(start, method=method).isnan().all()
+    for m in (method, "batched"):
+        assert enc.render(start, shape=(40, 30), method=m).isnan().all()
     cyclic = enc.random(1, gen(2))
     h = N_INPUTS + 1                                                  # the first hidden slot
     cyclic["alive"][0, h] = True
     cyclic["conn"][0, N_INPUTS, h] = cyclic["conn"][0, h, h] = True   # output ← h ← h
     cyclic["weight"][0, N_INPUTS, h] = cyclic["weight"][0, h, h] = 1.0
     with pytest.raises(ValueError, match="genome 0 has a cycle"):
-        enc.render(cyclic, method="compiled")
+        enc.render(cyclic, method=method)
 
 
 def test_cppn_float32_activations_are_the_float64_functions_to_float32_accuracy():
@@ -447,14 +455,8 @@ def test_cppn_compiled_float32_renderer_is_the_cppn_to_float32_accuracy(channels
     over two tiles of pixels (40×30): evolved genomes at the paper's weights within 1e-5 (float32
     node values); start genomes (inputs straight into the outputs) at large weights within the
     float32 sum's own rounding, 4·2⁻²⁴·Σ|w·input| (sin is 1-Lipschitz), the library sin beyond
-    SIN_LIMIT. A genome's image is its own wherever it sits in the batch; a NaN weight gives NaN
-    pixels through every activation; a cycle is named."""
-    if weight_range == 10.0:
-        enc, pop = evolved_cppns(channels, rounds=25, dtype=torch.float32)
-        assert int(enc.sizes(pop)[0].max()) >= 3
-    else:
-        enc = CPPNEncoding(shape=(channels, 28, 28), max_hidden=2, weight_range=weight_range)
-        pop = enc.random(16, gen(4))
+    SIN_LIMIT. (Batch position, NaN and cycles: ``test_cppn_compiled_renderer_edge_cases``.)"""
+    enc, pop = compiled_test_genomes(channels, weight_range)
     images = enc.render(pop, shape=(40, 30), method="compiled-float32")
     assert images.dtype == torch.float32 and images.shape == (len(pop["act"]), channels, 40, 30)
     acts, beyond = set(), 0
@@ -471,21 +473,6 @@ def test_cppn_compiled_float32_renderer_is_the_cppn_to_float32_accuracy(channels
     assert acts == {0, 1, 2, 3}
     if weight_range != 10.0:
         assert beyond > 0                                             # the library sin's path too
-    part = enc.render({k: v[[5, 2]] for k, v in pop.items()}, shape=(40, 30), method="compiled-float32")
-    assert torch.equal(part, images[[5, 2]])
-    start = enc.random(4, gen(1))
-    outputs = slice(N_INPUTS, N_INPUTS + channels)
-    start["act"][:, outputs] = torch.arange(4)[:, None]               # one genome per activation
-    start["weight"][:, outputs, 0] = float("nan")
-    assert bool(start["conn"][:, outputs, 0].all())
-    assert enc.render(start, shape=(40, 30), method="compiled-float32").isnan().all()
-    cyclic = enc.random(1, gen(2))
-    h = N_INPUTS + 1
-    cyclic["alive"][0, h] = True
-    cyclic["conn"][0, N_INPUTS, h] = cyclic["conn"][0, h, h] = True
-    cyclic["weight"][0, N_INPUTS, h] = cyclic["weight"][0, h, h] = 1.0
-    with pytest.raises(ValueError, match="genome 0 has a cycle"):
-        enc.render(cyclic, method="compiled-float32")
 
 
 @pytest.mark.parametrize("channels,rounds", [(1, 15), (3, 40)])
