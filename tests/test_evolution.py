@@ -391,17 +391,17 @@ def test_cppn_compiled_renderer_is_the_exact_cppn_rounded_once(channels, hw, wei
 
 @pytest.mark.parametrize("method", ["compiled", "compiled-float32"])
 def test_cppn_compiled_renderer_edge_cases(method):
-    """In both precisions (over two tiles of pixels, 40×30), a genome's image is its own wherever it
-    sits in the batch (bit for bit); a NaN weight gives NaN pixels through every activation, as
-    the other renderers do; a cycle is named."""
+    """In both precisions (over more than one tile of pixels, 45×50), a genome's image is its own
+    wherever it sits in the batch (bit for bit); a NaN weight gives NaN pixels through every
+    activation, as the other renderers do; a cycle is named."""
     enc, pop = evolved_cppns(1, n=8, dtype=torch.float32)
-    full = enc.render(pop, shape=(40, 30), method=method)
-    assert torch.equal(enc.render({k: v[[5, 2]] for k, v in pop.items()}, shape=(40, 30), method=method), full[[5, 2]])
+    full = enc.render(pop, shape=(45, 50), method=method)
+    assert torch.equal(enc.render({k: v[[5, 2]] for k, v in pop.items()}, shape=(45, 50), method=method), full[[5, 2]])
     start = enc.random(4, gen(1))                                     # inputs wired straight to the output
     start["act"][:, N_INPUTS] = torch.arange(4)                       # one genome per activation
     start["weight"][:, N_INPUTS, 0] = float("nan")
     for m in (method, "batched"):
-        assert enc.render(start, shape=(40, 30), method=m).isnan().all()
+        assert enc.render(start, shape=(45, 50), method=m).isnan().all()
     cyclic = enc.random(1, gen(2))
     h = N_INPUTS + 1                                                  # the first hidden slot
     cyclic["alive"][0, h] = True
@@ -452,16 +452,16 @@ def test_cppn_float32_activations_are_the_float64_functions_to_float32_accuracy(
 @pytest.mark.parametrize("weight_range", [10.0, 1e4])
 def test_cppn_compiled_float32_renderer_is_the_cppn_to_float32_accuracy(channels, weight_range):
     """The float32 compiled renderer against the per-pixel float64 reference on the same weights,
-    over two tiles of pixels (40×30): evolved genomes at the paper's weights within 1e-5 (float32
-    node values); start genomes (inputs straight into the outputs) at large weights within the
-    float32 sum's own rounding, 4·2⁻²⁴·Σ|w·input| (sin is 1-Lipschitz), the library sin beyond
-    SIN_LIMIT. (Batch position, NaN and cycles: ``test_cppn_compiled_renderer_edge_cases``.)"""
+    over two tiles of pixels (45×50; 2,048 per tile): evolved genomes at the paper's weights within
+    1e-5 (float32 node values); start genomes (inputs straight into the outputs) at large weights
+    within the float32 sum's own rounding, 4·2⁻²⁴·Σ|w·input| (sin is 1-Lipschitz), the library sin
+    beyond SIN_LIMIT. (Batch position, NaN and cycles: ``test_cppn_compiled_renderer_edge_cases``.)"""
     enc, pop = compiled_test_genomes(channels, weight_range)
-    images = enc.render(pop, shape=(40, 30), method="compiled-float32")
-    assert images.dtype == torch.float32 and images.shape == (len(pop["act"]), channels, 40, 30)
+    images = enc.render(pop, shape=(45, 50), method="compiled-float32")
+    assert images.dtype == torch.float32 and images.shape == (len(pop["act"]), channels, 45, 50)
     acts, beyond = set(), 0
     for i in range(len(pop["act"])):
-        ref = render_reference({k: v[i] for k, v in pop.items()}, (channels, 40, 30))
+        ref = render_reference({k: v[i] for k, v in pop.items()}, (channels, 45, 50))
         if weight_range == 10.0:
             atol = 1e-5
         else:

@@ -45,7 +45,10 @@ except ImportError:  # pragma: no cover - numba is a dependency; the tensor vers
     njit = None
 
 N_INPUTS = 4          # as in cppn.py (x, y, d, bias); not imported, so that cppn.py can import this file
-TILE = 1024           # pixels per tile: a tile's node values (nodes × TILE float64) stay in the cache
+# Bytes per node per tile: 1,024 pixels in float64, 2,048 in float32; a tile's node values (nodes ×
+# TILE_BYTES) stay in the L2 cache. (At 224×224 in float32, 2,048 pixels were 15% faster than
+# 1,024: longer runs of each image written out; 4,096 no faster.)
+TILE_BYTES = 8192
 _SIN_LIMIT = 1.0e5    # |pre-activation| up to which the reduction above is accurate (far below 2²⁰·π/2)
 _INPUT_BOUND = math.sqrt(2.0)   # |x|, |y| ≤ 1, d ≤ √2, bias 1
 
@@ -223,14 +226,15 @@ def _render(weight, conn, act, n_nodes, inputs, out, sin_limit):  # pragma: no c
     bad, order, n, n_src, src, w, kind = _plans(weight, conn, act, n_nodes, C, sin_limit)
     if bad >= 0:
         return bad
-    T = min(TILE, HW)
+    tile = TILE_BYTES // inputs.itemsize
+    T = min(tile, HW)
     V = np.empty((n_nodes, T), inputs.dtype)         # node values by slot, on one tile of pixels
     one = np.ones(1, inputs.dtype)[0]
     e = np.empty(T, np.float32)                      # the float32 activations' scratch
     bits = np.empty(T, np.int32)
     scale = bits.view(np.float32)
-    for start in range(0, HW, TILE):
-        t = min(TILE, HW - start)
+    for start in range(0, HW, tile):
+        t = min(tile, HW - start)
         for s in range(N_INPUTS):
             for i in range(t):
                 V[s, i] = inputs[s, start + i]
