@@ -350,7 +350,7 @@ class CPPNEncoding:
         ``COMPILED_PIXELS``): one compiled call plans and draws each genome, node by node over tiles
         of pixels, in float64 (:mod:`.cppn_cpu`); the image is the exact CPPN of the weights up to
         one float32 rounding. ``method="compiled-float32"`` (the CPU default for float32 genomes
-        above): the same in float32 (:mod:`.cppn_float32`'s activations), 2.3–3x as fast, as
+        above): the same in float32 (:mod:`.cppn_float32`'s activations), 1.9–2.4x as fast, as
         accurate as the other float32 renderers.
 
         The other two plan for the whole population at once: keep only the nodes some output
@@ -527,10 +527,10 @@ ACTIVATION_AT_ZERO = tuple(_at_zero(f) for f in CPU_ACTIVATIONS_INPLACE)
 # 224×224 2.8x).
 PER_GENOME_PIXELS = 40 * 40
 # Up to this many pixels the CPU draws float32 genomes with the compiled renderer in float64
-# (exact to one rounding: MNIST's lessons), above it in float32. The float32 one is 2.3x as fast
-# at 28×28 and 3x at 224×224, and 1.8x the per-genome numpy renderer there (1,000 evolved genomes,
-# 2-core AMD EPYC, one thread); the float64 one keeps the MNIST lessons' images (and so their
-# recorded results) exact.
+# (exact to one rounding: MNIST's lessons), above it in float32. The float32 one is 1.9x as fast
+# at 28×28 and 96×96 and 2.4x at 224×224, where it takes 0.4–0.5 of the per-genome numpy
+# renderer's time (1,000 evolved genomes, 2-core AMD EPYC, one thread); the float64 one keeps the
+# MNIST lessons' images (and so their recorded results) exact.
 COMPILED_PIXELS = 96 * 96
 
 

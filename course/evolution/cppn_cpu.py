@@ -26,7 +26,7 @@ Each pixel is then ``min(|output|, 1)`` rounded to float32 once. So the image is
 the float32 weights up to about 1e-12 before that one rounding: the tests hold it to the float64
 reference at float32 rounding, tighter than the float32 tensor and numpy renderers, whose node
 values are rounded to float32 at every node. A genome's image never depends on where it sits in
-the batch. In float32 the image is as accurate as the other float32 renderers' and 2.3–3x as fast
+the batch. In float32 the image is as accurate as the other float32 renderers' and 1.9–2.4x as fast
 as in float64. Float32 genomes only (float64 ones, used by the tests for exact comparisons, keep the
 numpy and tensor renderers, whose activations are accurate to the last bit of float64).
 """
