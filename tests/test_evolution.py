@@ -9,8 +9,8 @@ from torch import nn
 
 from course.evolution import (Archive, CPPNEncoding, DirectEncoding, EmptyArchiveError, expected_abs_delta,
                               map_elites, polynomial_delta, polynomial_mutation, render_reference)
-from course.evolution.cppn import N_INPUTS, node_depth, reachability
-from course.evolution import direct, mutation_cpu
+from course.evolution.cppn import ACTIVATION_AT_ZERO, N_INPUTS, node_depth, reachability
+from course.evolution import cppn_cpu, cppn_float32, direct, mutation_cpu
 from course.evolution.direct import bernoulli_positions, mutation_draws, polynomial_mutation_
 from course.evolution.map_elites import take
 
@@ -416,8 +416,6 @@ def test_cppn_float32_activations_are_the_float64_functions_to_float32_accuracy(
     sin up to its limit (and at the quadrant edges), the sigmoid and the Gaussian through the whole
     range of their exponent, each within a float32 step or two of 1; NaN stays NaN, ±inf goes to the
     limits; bad arrays are named."""
-    from course.evolution import cppn_float32
-
     rng = np.random.default_rng(0)
     edges = (np.arange(-40, 41) * (np.pi / 4)).astype(np.float32)
     cases = {0: np.concatenate([rng.uniform(-4, 4, 20000), rng.uniform(-cppn_float32.SIN_LIMIT, cppn_float32.SIN_LIMIT, 20000),
@@ -434,12 +432,11 @@ def test_cppn_float32_activations_are_the_float64_functions_to_float32_accuracy(
         assert np.isnan(special[0])
         if a:
             np.testing.assert_array_equal(special[1:], [1.0, -1.0] if a != 2 else [0.0, 0.0])
-    from course.evolution import cppn_cpu                            # a node without connections
-    for a in range(4):                                                # is filled with activation(0)
-        v = np.zeros(8)
+    for a in range(4):        # a node without connections is the library functions' activation(0):
+        v = np.zeros(8)       # both precisions' own give the same
         cppn_cpu._activate64(a, v, 8)
-        np.testing.assert_array_equal(v, cppn_cpu._AT_ZERO[a])
-        np.testing.assert_array_equal(cppn_float32.activate(a, np.zeros(8, np.float32)), cppn_cpu._AT_ZERO[a])
+        np.testing.assert_array_equal(v, ACTIVATION_AT_ZERO[a])
+        np.testing.assert_array_equal(cppn_float32.activate(a, np.zeros(8, np.float32)), ACTIVATION_AT_ZERO[a])
     with pytest.raises(ValueError, match="C-contiguous float32"):
         cppn_float32.activate(0, np.zeros(8))
     with pytest.raises(ValueError, match="C-contiguous float32"):
@@ -466,7 +463,7 @@ def test_cppn_compiled_float32_renderer_is_the_cppn_to_float32_accuracy(channels
             atol = 1e-5
         else:
             reach = pop["weight"][i, N_INPUTS:N_INPUTS + channels, :N_INPUTS].abs().double().sum(dim=1) * math.sqrt(2)
-            beyond += int((reach > 8192).sum())
+            beyond += int((reach > cppn_float32.SIN_LIMIT).sum())
             atol = 4 * 2.0 ** -24 * float(reach.max()) + 2 ** -24
         np.testing.assert_allclose(images[i].numpy(), ref, atol=atol, rtol=0)
         acts |= set(pop["act"][i][pop["alive"][i]].tolist())

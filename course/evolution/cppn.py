@@ -387,7 +387,8 @@ class CPPNEncoding:
         if method in ("compiled", "compiled-float32"):     # plans and draws in one compiled call
             dtype = torch.float64 if method == "compiled" else torch.float32    # the precision drawn in
             cppn_cpu.render(genomes["weight"].numpy(), genomes["conn"].numpy(), genomes["act"].numpy(), N,
-                            coordinates(H, W, dtype=dtype).numpy(), out.view(P, self.n_outputs, H * W).numpy())
+                            coordinates(H, W, dtype=dtype).numpy(), out.view(P, self.n_outputs, H * W).numpy(),
+                            ACTIVATION_AT_ZERO)
             return out
         conn, alive, weight = genomes["conn"][:, :N, :N], genomes["alive"][:, :N], genomes["weight"][:, :N, :N]
         inputs = coordinates(H, W, dtype=weight.dtype, device=weight.device)

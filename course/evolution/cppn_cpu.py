@@ -45,16 +45,12 @@ except ImportError:  # pragma: no cover - numba is a dependency; the tensor vers
     njit = None
 
 N_INPUTS = 4          # as in cppn.py (x, y, d, bias); not imported, so that cppn.py can import this file
-# Bytes per node per tile: 1,024 pixels in float64, 2,048 in float32; a tile's node values (nodes ×
-# TILE_BYTES) stay in the L2 cache. (At 224×224 in float32, 2,048 pixels were 15% faster than
-# 1,024: longer runs of each image written out; 4,096 no faster.)
-TILE_BYTES = 8192
+# Bytes per node per tile: 2,048 pixels in float32 (cppn_float32.TILE), 1,024 in float64; a tile's
+# node values (nodes × TILE_BYTES) stay in the L2 cache. (At 224×224 in float32, 2,048 pixels were
+# 15% faster than 1,024: longer runs of each image written out; 4,096 no faster.)
+TILE_BYTES = cppn_float32.TILE * np.dtype(np.float32).itemsize
 _SIN_LIMIT = 1.0e5    # |pre-activation| up to which the reduction above is accurate (far below 2²⁰·π/2)
 _INPUT_BOUND = math.sqrt(2.0)   # |x|, |y| ≤ 1, d ≤ √2, bias 1
-
-# Each activation at 0, by kind (sin, sigmoid 2(σ(0) − 0.5), Gaussian, linear, the library sin): the
-# value of a node without connections, exact in both precisions (the tests check it against both).
-_AT_ZERO = np.array([0.0, 0.0, 1.0, 0.0, 0.0])
 
 _PIO2_1 = 1.57079632673412561417e+00    # π/2's first 33 bits: k·_PIO2_1 is exact for |k| < 2²⁰
 _PIO2_1T = 6.07710050650619224932e-11   # π/2 − _PIO2_1
@@ -212,12 +208,13 @@ def _plans(weight, conn, act, n_nodes, C, sin_limit):  # pragma: no cover - numb
     return -1, order, n, n_src, src, w, kind
 
 
-def _render(weight, conn, act, n_nodes, inputs, out, sin_limit):  # pragma: no cover - numba
+def _render(weight, conn, act, n_nodes, inputs, out, sin_limit, at_zero):  # pragma: no cover - numba
     """Genomes as :class:`~course.evolution.cppn.CPPNEncoding` holds them (``weight`` (P, N, N)
     float32 and ``conn`` (P, N, N) bool as [genome, dst, src], ``act`` (P, N)), of which the first
     ``n_nodes`` slots can be alive; ``inputs`` (4, HW) float64 or float32, the precision of the node
-    values. Writes min(|output|, 1) into ``out`` (P, C, HW) float32. Returns −1, or the first
-    genome with a cycle (nothing is drawn).
+    values. Writes min(|output|, 1) into ``out`` (P, C, HW) float32; a node without connections is
+    ``at_zero[kind]``, its activation at 0. Returns −1, or the first genome with a cycle (nothing
+    is drawn).
 
     First every genome's plan, then tile by tile every genome: a tile's inputs are copied once
     for the whole population (at 224×224, once per genome had cost as much as the multiply-adds)."""
@@ -242,7 +239,7 @@ def _render(weight, conn, act, n_nodes, inputs, out, sin_limit):  # pragma: no c
             for j in range(n[p]):
                 v = V[order[p, j]]
                 if n_src[p, j] == 0:                 # no connection: the constant activation(0)
-                    c0 = _AT_ZERO[kind[p, j]]
+                    c0 = at_zero[kind[p, j]]
                     for i in range(t):
                         v[i] = c0
                     continue
@@ -287,15 +284,16 @@ def available() -> bool:
 
 
 def render(weight: np.ndarray, conn: np.ndarray, act: np.ndarray, n_nodes: int, inputs: np.ndarray,
-           out: np.ndarray) -> None:
+           out: np.ndarray, at_zero) -> None:
     """Draw every genome into ``out`` (P, C, HW) float32, in the precision of ``inputs`` (float64 or
-    float32); the arguments as :func:`_render`'s."""
+    float32); ``at_zero`` the four activations at 0 (sin, sigmoid, Gaussian, linear: the value of a
+    node without connections); the other arguments as :func:`_render`'s."""
     if inputs.dtype not in (np.float64, np.float32):
         raise ValueError(f"inputs must be float64 or float32 (the precision to draw in), got {inputs.dtype}.")
     limit = _SIN_LIMIT if inputs.dtype == np.float64 else cppn_float32.SIN_LIMIT
     bad = _render_compiled(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(conn, np.bool_),
                            np.ascontiguousarray(act, np.int64), int(n_nodes), np.ascontiguousarray(inputs), out,
-                           float(limit))
+                           float(limit), np.array([*at_zero, at_zero[0]], np.float64))   # kind 4: sin
     if bad >= 0:
         raise ValueError(f"genome {bad} has a cycle in its connections: a CPPN must be feed-forward "
                          "(the mutation operators keep it so; check how this genome was built).")
